@@ -1,0 +1,3 @@
+from infoplane.cli import main
+
+raise SystemExit(main())

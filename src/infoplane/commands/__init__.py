@@ -1,0 +1,1 @@
+"""Sub-commands of the ``infoplane`` CLI, one module each (see :mod:`infoplane.cli`)."""
