@@ -18,6 +18,7 @@ from infoplane import __version__
 from infoplane.errors import InfoplaneError
 
 COMMAND_MODULES = (
+    "infoplane.commands.data",
     "infoplane.commands.train",
     "infoplane.commands.store",
     "infoplane.commands.distances",
