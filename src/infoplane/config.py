@@ -1,0 +1,307 @@
+"""Loading and validating ``config.yaml``: experiments to train and estimator presets.
+
+The file is checked against the package's JSON schema (``schemas/config.schema.yaml``) with a
+validator that fills every documented default, the way Snakemake's ``validate`` does. Problems are
+reported together, each naming its key path and the allowed values, before any work starts.
+
+Only the shape of the estimator presets is checked here; :mod:`infoplane.presets` gives them their
+meaning and defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from infoplane.errors import ConfigError
+
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
+RUN_PATTERN = re.compile(r"^seed(0|[1-9][0-9]*)$")
+# Options each model accepts besides name and activation (infoplane.models.build_model); checked
+# here so that a misplaced option fails when the config is read, not after the data is loaded.
+MODEL_OPTIONS = {
+    "mlp": ("hidden", "batch_norm"),
+    "paper_mlp": ("batch_norm",),
+    "paper_cnn": (),
+    "vgg16": ("dropout",),
+    "ib_mlp": (),
+}
+_MAX_REPORTED = 20
+
+
+def _yaml_loader() -> type:
+    """A safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789"))
+    return Loader
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file safely; a missing or malformed file raises :class:`ConfigError`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def config_schema() -> dict:
+    """The JSON schema of ``config.yaml`` (a fresh copy is cheap; callers must not mutate it)."""
+    import yaml
+
+    text = resources.files("infoplane").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator_class() -> type:
+    """The schema's draft validator, extended to fill defaults and to keep integers integral."""
+    from jsonschema import validators
+
+    base = validators.validator_for(config_schema())
+    validate_properties = base.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema and key not in instance:
+                    # a copy: the schema's own default must never be filled in by reference
+                    instance[key] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    def is_integer(checker, instance) -> bool:
+        # JSON Schema counts 10.0 as an integer; epochs and sizes must really be ints
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    type_checker = base.TYPE_CHECKER.redefine("integer", is_integer)
+    return validators.extend(base, {"properties": fill_defaults}, type_checker=type_checker)
+
+
+def key_path(parts: Iterable[Any]) -> str:
+    """Dotted key path with list positions in brackets: ``experiments.a.seeds[1]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<top level>"
+
+
+def _describe(error) -> str:
+    """One line for a schema violation: the key path, what is wrong, what is allowed."""
+    where = key_path(error.absolute_path)
+    kind = error.validator
+    if kind == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {allowed}"
+    if kind == "const":
+        return f"{where}: must be {error.validator_value!r}, got {error.instance!r}"
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        extra = sorted(str(k) for k in error.instance if k not in known)
+        allowed = ", ".join(known) or "none"
+        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}; allowed keys: {allowed}"
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        hint = ""
+        if "then" in error.absolute_schema_path:
+            hint = f" (needed with kind: {error.instance.get('kind')})"
+        return f"{where}: missing required key(s) {', '.join(map(repr, missing))}{hint}"
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{where}: expected {expected}, got {error.instance!r}"
+    if "propertyNames" in error.absolute_schema_path:
+        return (
+            f"{where}: name {error.instance!r} is not allowed; names are used in paths and "
+            "may hold letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return f"{where}: {error.message}"
+
+
+def _schema_problems(config: Any) -> list[str]:
+    validator = _validator_class()(config_schema())
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (list(map(str, e.path)), e.message)
+    )
+    return [_describe(e) for e in errors]
+
+
+def _reference_problems(config: Mapping) -> list[str]:
+    """Checks the schema cannot express: names that refer to other entries, ignored keys."""
+    problems = []
+    experiments = config["experiments"]
+    for i, name in enumerate(config["run"]):
+        if name not in experiments:
+            problems.append(
+                f"run[{i}]: unknown experiment {name!r}; defined: {', '.join(experiments)}"
+            )
+    presets = config["estimators"]
+    for name, experiment in experiments.items():
+        for i, preset in enumerate(experiment["estimators"]):
+            if preset not in presets:
+                defined = ", ".join(presets) or "none (add them under the top-level estimators)"
+                problems.append(
+                    f"experiments.{name}.estimators[{i}]: unknown estimator preset {preset!r}; "
+                    f"defined: {defined}"
+                )
+        model = experiment["model"]
+        allowed = MODEL_OPTIONS.get(model["name"], ())
+        for key in ("hidden", "batch_norm", "dropout"):
+            if key in model and key not in allowed:
+                problems.append(
+                    f"experiments.{name}.model.{key}: not an option of model {model['name']}; "
+                    f"its options: {', '.join(('activation', *allowed))}"
+                )
+        schedule = experiment["capture"]["schedule"]
+        used = {"every": "every", "log": "points", "list": "steps"}.get(schedule["kind"])
+        for key in ("every", "points", "steps"):
+            if key in schedule and key != used:
+                problems.append(
+                    f"experiments.{name}.capture.schedule.{key}: ignored with kind: "
+                    f"{schedule['kind']}; remove it or set the matching kind"
+                )
+    return problems
+
+
+def validate_config(config: Any, *, source: str = "config") -> dict:
+    """Validate a parsed config and return a deep copy with every default filled.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem with its key path and the allowed values.
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(
+            f"{source}: expected a mapping with 'experiments' (and 'run', 'estimators'), "
+            f"got {type(config).__name__}"
+        )
+    filled = copy.deepcopy(dict(config))
+    problems = _schema_problems(filled)
+    if not problems:
+        problems = _reference_problems(filled)
+    if problems:
+        shown = problems[:_MAX_REPORTED]
+        more = len(problems) - len(shown)
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(shown) + tail)
+    return filled
+
+
+def load_config(path: str | Path) -> dict:
+    """Read ``config.yaml``, validate it against the package schema and fill the defaults.
+
+    Parameters
+    ----------
+    path
+        The YAML file.
+
+    Returns
+    -------
+    dict
+        The validated config; every experiment carries all its keys.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not YAML, or breaks the schema (every problem is listed with its key
+        path and the allowed values).
+    """
+    return validate_config(read_yaml(path), source=str(path))
+
+
+def experiment_settings(config: Mapping, name: str) -> dict:
+    """The resolved settings of one experiment: JSON-serialisable, defaults filled.
+
+    The result is the experiment's mapping plus ``experiment: name``; it is what a run's store
+    records as its ``config`` attribute.
+
+    Raises
+    ------
+    ConfigError
+        The experiment is not defined, or the config is invalid.
+    """
+    config = validate_config(config)
+    experiments = config["experiments"]
+    if name not in experiments:
+        raise ConfigError(
+            f"unknown experiment {name!r}; defined in the config: {', '.join(experiments)}"
+        )
+    settings = {"experiment": name, **copy.deepcopy(experiments[name])}
+    try:
+        # YAML can produce dates and other objects in free-form dataset options
+        return json.loads(json.dumps(settings))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"experiments.{name}: settings must be plain JSON values (numbers, strings, lists, "
+            f"mappings): {exc}"
+        ) from None
+
+
+def resolve_experiment(settings: Mapping) -> dict:
+    """Validate one experiment's settings on their own and fill their defaults.
+
+    Accepts what :func:`experiment_settings` returns (``experiment`` names it) or a hand-written
+    experiment mapping; resolved settings come back unchanged. Estimator presets it names are not
+    looked up (they live in the whole config).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key path and the allowed values.
+    """
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"experiment settings must be a mapping, got {type(settings).__name__}")
+    name = str(settings.get("experiment", "experiment"))
+    body = {k: v for k, v in settings.items() if k != "experiment"}
+    named = body.get("estimators", [])
+    presets = {p: {} for p in named if isinstance(p, str)} if isinstance(named, list) else {}
+    config = validate_config(
+        {"experiments": {name: body}, "estimators": presets}, source=f"experiment {name!r}"
+    )
+    return experiment_settings(config, name)
+
+
+def seed_from_run(run: str, settings: Mapping) -> int:
+    """The seed ``S`` of a run named ``seed<S>``, checked against the experiment's seeds.
+
+    Raises
+    ------
+    ConfigError
+        The name is not ``seed<S>`` or ``S`` is not in ``settings["seeds"]``.
+    """
+    seeds = list(settings.get("seeds", []))
+    match = RUN_PATTERN.match(str(run))
+    if match is None:
+        raise ConfigError(
+            f"run name {run!r} is not of the form seed<S> (e.g. 'seed0'); "
+            f"this experiment's runs: {', '.join(f'seed{s}' for s in seeds)}"
+        )
+    seed = int(match.group(1))
+    if seed not in seeds:
+        experiment = settings.get("experiment", "this experiment")
+        raise ConfigError(
+            f"run {run!r}: seed {seed} is not in the seeds of {experiment} "
+            f"({', '.join(map(str, seeds))}); add it to seeds or pick one of "
+            f"{', '.join(f'seed{s}' for s in seeds)}"
+        )
+    return seed
