@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The default pipeline (config.yaml `run:`) with the local profile, then its HTML report. The
+# rules call `python -m infoplane`, so the environment's bin folder goes first on PATH.
 run: $(STAMP)
-	$(BIN)/python -m infoplane --version
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --workflow-profile workflow/profiles/local
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --workflow-profile workflow/profiles/local \
+		--report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

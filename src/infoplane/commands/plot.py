@@ -1,0 +1,61 @@
+"""``infoplane plot``: figures of estimates and training curves."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Draw the figures of one estimator preset's results and/or the training curves.
+
+With MI (an mi/<preset>.zarr of one run, or an experiment's stacked file), writes to OUT_DIR:
+information_plane.png (all layers, train and test side by side), information_plane_train.png and
+information_plane_test.png (one panel per layer plus an overview), mi_epoch.png, widths.png,
+data_processing.png and data_processing.csv. With --metrics (runs' metrics.csv files), writes
+OUT_DIR/training.png (loss and accuracy against epoch).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="draw information-plane figures and training curves",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("mi", nargs="?", metavar="MI", help="estimates (mi/<preset>.zarr)")
+    parser.add_argument(
+        "--metrics", nargs="+", metavar="CSV", default=[], help="metrics.csv of each run"
+    )
+    parser.add_argument("--out-dir", required=True, metavar="OUT_DIR", help="folder for figures")
+    parser.add_argument("--title", default=None, help="title of the training figure")
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=1e-6,
+        metavar="BITS",
+        help="slack of the data-processing comparison, in bits (default 1e-6)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from infoplane import plots
+    from infoplane.errors import InputError
+
+    if args.mi is None and not args.metrics:
+        raise InputError("nothing to plot: give MI (an mi/<preset>.zarr) and/or --metrics CSV ...")
+    if args.tol < 0:
+        raise InputError(f"--tol must be >= 0 bits, got {args.tol}")
+    out_dir = Path(args.out_dir)
+    written = []
+    if args.mi is not None:
+        written += plots.plot_estimates(args.mi, out_dir, tol=args.tol)
+    if args.metrics:
+        written.append(
+            plots.plot_training(args.metrics, out_dir / plots.TRAINING_FIGURE, title=args.title)
+        )
+    for path in written:
+        print(path)
+    return 0

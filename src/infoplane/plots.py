@@ -1,0 +1,804 @@
+"""Figures of information-plane results: the information plane, MI and kernel widths against
+epoch, data-processing checks and training curves.
+
+Every figure is drawn on its own :class:`matplotlib.figure.Figure` (no pyplot state, the Agg
+renderer) under a fixed style, and saved without a software or date stamp, so the same data give
+the same bytes. Runs (seeds) are summarised by their mean; the spread across runs is shown as thin
+per-run lines and ±1 standard-deviation error bars (information plane) or bands (curves).
+
+Inputs follow the "Estimates" contract: an :class:`xarray.Dataset` with ``I_XT``, ``I_TY`` and
+``sigma`` on (``split``, ``step``, ``layer``), ``H_X``, ``H_Y`` and ``sigma_x`` on (``split``,
+``step``), a coordinate ``epoch`` on ``step`` and, for an experiment, a ``run`` dimension in
+front. A single run's file (no ``run`` dimension) is treated as one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infoplane.errors import InputError, StoreError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+#: File names :func:`plot_estimates` writes, in order.
+ESTIMATE_FIGURES = (
+    "information_plane.png",
+    "information_plane_train.png",
+    "information_plane_test.png",
+    "mi_epoch.png",
+    "widths.png",
+    "data_processing.png",
+)
+#: Table of the data-processing shares written beside the figures.
+DATA_PROCESSING_TABLE = "data_processing.csv"
+#: File name :func:`plot_training` writes by default.
+TRAINING_FIGURE = "training.png"
+
+#: Smallest range (bits) an information-plane axis shows.
+MIN_SPAN_BITS = 0.05
+BITS_XT = "I(X;T) [bits]"
+BITS_TY = "I(T;Y) [bits]"
+EPOCH_CMAP = "viridis"
+_LAYER_CMAP = "plasma"
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+# more layers than this (plus H(Y)) move the all-layer legend out of the panel
+_INSIDE_LEGEND_MAX = 7
+_STYLE: dict[str, Any] = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.5,
+    "savefig.dpi": 150,
+    "svg.hashsalt": "infoplane",
+    "pdf.fonttype": 42,
+}
+# Software/date entries make otherwise identical files differ between machines and days.
+_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data helpers
+
+
+def as_runs(mi: xr.Dataset) -> xr.Dataset:
+    """The estimates with a leading ``run`` dimension (a single run's file gets ``run=[name]``)."""
+    if "run" in mi.dims:
+        return mi
+    name = str(mi.attrs.get("run", "run"))
+    return mi.expand_dims(run=[name])
+
+
+def epochs(mi: xr.Dataset) -> np.ndarray:
+    """Epoch of every step (the mean over runs where runs disagree or miss steps)."""
+    import numpy as np
+
+    if "epoch" not in mi.coords and "epoch" not in mi:
+        return np.asarray(mi["step"].values, dtype=float)
+    epoch = mi["epoch"]
+    if "run" in epoch.dims:
+        epoch = epoch.mean("run", skipna=True)
+    return np.asarray(epoch.values, dtype=float)
+
+
+def _require(mi: xr.Dataset, names: Sequence[str]) -> None:
+    missing = [n for n in names if n not in mi.variables]
+    if missing:
+        raise StoreError(
+            f"estimates lack variable(s) {', '.join(missing)}; expected an mi/<preset>.zarr "
+            "written by `infoplane estimate` or `infoplane stack`"
+        )
+
+
+def data_processing_share(mi: xr.Dataset, *, tol: float = 1e-6) -> xr.Dataset:
+    """Share of points at which a deeper layer carries no more information than the one before.
+
+    For every pair of consecutive layers (T_l, T_l+1) in recorded order and every (run, step),
+    the point obeys the data-processing inequality for I(X;T) when
+    I(X;T_l+1) <= I(X;T_l) + ``tol``, and likewise for I(T;Y). Points where either value is NaN
+    are left out. The last ``pair``, ``chain``, counts points at which every pair obeys it.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``I_XT`` and ``I_TY`` (shares in [0, 1], NaN where no point counts) and ``n_XT``,
+        ``n_TY`` (points counted), on (``split``, ``pair``).
+    """
+    import numpy as np
+    import xarray as xr
+
+    _require(mi, ["I_XT", "I_TY"])
+    mi = as_runs(mi)
+    layers = [str(v) for v in mi["layer"].values]
+    pairs = [f"{a} → {b}" for a, b in itertools.pairwise(layers)] + ["chain"]
+    splits = [str(s) for s in mi["split"].values]
+    out: dict[str, tuple] = {}
+    for var in ("I_XT", "I_TY"):
+        shares = np.full((len(splits), len(pairs)), np.nan)
+        counts = np.zeros((len(splits), len(pairs)), dtype=np.int64)
+        for i, split in enumerate(splits):
+            data = mi[var].sel(split=split).transpose("run", "step", "layer").values
+            shallow, deep = data[..., :-1], data[..., 1:]
+            valid = np.isfinite(shallow) & np.isfinite(deep)
+            with np.errstate(invalid="ignore"):
+                obeys = valid & (deep <= shallow + tol)
+            counts[i, :-1] = valid.sum(axis=(0, 1))
+            good = obeys.sum(axis=(0, 1))
+            chain_valid = valid.all(axis=-1) if len(layers) > 1 else np.zeros(data.shape[:2], bool)
+            counts[i, -1] = chain_valid.sum()
+            chain_good = (obeys.all(axis=-1) & chain_valid).sum()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shares[i, :-1] = np.where(counts[i, :-1] > 0, good / counts[i, :-1], np.nan)
+                shares[i, -1] = chain_good / counts[i, -1] if counts[i, -1] else np.nan
+        out[var] = (("split", "pair"), shares)
+        out[f"n_{var[2:]}"] = (("split", "pair"), counts)
+    return xr.Dataset(
+        out,
+        coords={"split": splits, "pair": pairs},
+        attrs={"tol_bits": tol, "layers": layers},
+    )
+
+
+def load_metrics(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Training metrics of several runs as one long table.
+
+    Each file is a run's ``metrics.csv``; the run is named by its folder (``seed0``). Columns
+    ``<split>_<metric>`` (e.g. ``train_loss``, ``test_accuracy``) and a long layout with a
+    ``split`` column are both read.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``run``, ``epoch``, ``split``, ``metric``, ``value``.
+    """
+    import pandas as pd
+
+    frames = []
+    for path in paths:
+        path = Path(path)
+        try:
+            table = pd.read_csv(path)
+        except FileNotFoundError:
+            raise InputError(f"metrics file {path} does not exist") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise InputError(f"metrics file {path} is not a readable CSV table: {exc}") from None
+        frames.append(_long_metrics(table, run=path.parent.name, source=str(path)))
+    if not frames:
+        raise InputError("no metrics files given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _long_metrics(table: pd.DataFrame, *, run: str, source: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if "epoch" not in table.columns:
+        raise InputError(f"metrics file {source} has no 'epoch' column (columns: {list(table)})")
+    if "split" in table.columns:
+        value_cols = [c for c in ("loss", "accuracy") if c in table.columns]
+        long = table.melt(
+            id_vars=["epoch", "split"], value_vars=value_cols, var_name="metric", value_name="value"
+        )
+    else:
+        records = []
+        for column in table.columns:
+            split, _, metric = str(column).partition("_")
+            if split in ("train", "test") and metric in ("loss", "accuracy"):
+                part = pd.DataFrame(
+                    {"epoch": table["epoch"], "split": split, "metric": metric}
+                ).assign(value=table[column].to_numpy())
+                records.append(part)
+        if not records:
+            raise InputError(
+                f"metrics file {source} has no loss/accuracy columns; expected e.g. "
+                f"train_loss, test_accuracy (columns: {list(table)})"
+            )
+        long = pd.concat(records, ignore_index=True)
+    long = long.dropna(subset=["value"])
+    long.insert(0, "run", run)
+    return long[["run", "epoch", "split", "metric", "value"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure helpers
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` with deterministic metadata; the format follows the suffix (png, pdf, svg)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with _style():
+        fig.savefig(tmp, format=fmt, metadata=_METADATA.get(fmt))
+    os.replace(tmp, path)
+    return path
+
+
+def _title(mi: xr.Dataset, what: str) -> str:
+    experiment = mi.attrs.get("experiment")
+    estimator = mi.attrs.get("estimator")
+    parts = [p for p in (experiment, estimator) if p]
+    n_runs = mi.sizes.get("run", 1)
+    runs = f"{n_runs} run{'s' if n_runs != 1 else ''}"
+    return f"{what} — {' / '.join(map(str, parts))} ({runs})" if parts else f"{what} ({runs})"
+
+
+def _layer_colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps[_LAYER_CMAP]
+    # the yellow end of plasma is hard to see on white; stop short of it
+    return [cmap(0.05 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def _epoch_norm(epoch: np.ndarray):
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    finite = epoch[np.isfinite(epoch)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return Normalize(vmin=low, vmax=high if high > low else low + 1.0)
+
+
+def _trajectory(
+    ax: Axes,
+    x: np.ndarray,
+    y: np.ndarray,
+    epoch: np.ndarray,
+    norm,
+    *,
+    marker: str = "o",
+    filled: bool = True,
+    runs: bool = True,
+    error_bars: int = 8,
+    size: float = 12.0,
+) -> None:
+    """Mean path of (x, y) over runs, coloured by epoch; per-run lines and error bars."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.collections import LineCollection
+
+    cmap = colormaps[EPOCH_CMAP]
+    n_runs = x.shape[0]
+    if runs and n_runs > 1:
+        for xr_, yr_ in zip(x, y, strict=True):
+            ok = np.isfinite(xr_) & np.isfinite(yr_)
+            ax.plot(xr_[ok], yr_[ok], color="0.55", lw=0.5, alpha=0.45, zorder=1)
+    xm, xs, _ = _summary(x)
+    ym, ys, _ = _summary(y)
+    ok = np.isfinite(xm) & np.isfinite(ym)
+    xm, ym, xs, ys, ep = xm[ok], ym[ok], xs[ok], ys[ok], epoch[ok]
+    if xm.size == 0:
+        return
+    if xm.size > 1:
+        points = np.column_stack([xm, ym])
+        segments = np.stack([points[:-1], points[1:]], axis=1)
+        lines = LineCollection(segments, cmap=cmap, norm=norm, linewidths=1.2, zorder=2)
+        lines.set_array(0.5 * (ep[:-1] + ep[1:]))
+        ax.add_collection(lines)
+    if n_runs > 1 and error_bars:
+        # spread evenly in epoch, not in index: captures are often dense early in training
+        targets = np.linspace(ep.min(), ep.max(), min(error_bars, xm.size))
+        picks = np.unique(np.abs(ep[None, :] - targets[:, None]).argmin(axis=1))
+        for i in picks:  # one call per point: errorbar takes a single colour
+            ax.errorbar(
+                xm[i],
+                ym[i],
+                xerr=xs[i],
+                yerr=ys[i],
+                fmt="none",
+                ecolor=cmap(norm(ep[i])),
+                elinewidth=0.8,
+                capsize=1.5,
+                alpha=0.9,
+                zorder=3,
+            )
+    if filled:
+        ax.scatter(
+            xm, ym, c=ep, cmap=cmap, norm=norm, s=size, marker=marker, edgecolors="none", zorder=4
+        )
+    else:
+        ax.scatter(
+            xm,
+            ym,
+            s=size,
+            marker=marker,
+            facecolors="none",
+            edgecolors=cmap(norm(ep)),
+            linewidths=0.8,
+            zorder=4,
+        )
+    ax.autoscale_view()
+
+
+def _min_span(ax: Axes, bits: float = MIN_SPAN_BITS) -> None:
+    """Widen an axis whose range is below ``bits``, and write its ticks without an offset.
+
+    A saturated layer (I(X;T) = H(X) to within rounding) would otherwise fill the panel with
+    differences of 1e-5 bits.
+    """
+    for get, set_ in ((ax.get_xlim, ax.set_xlim), (ax.get_ylim, ax.set_ylim)):
+        low, high = get()
+        if high - low < bits:
+            middle = 0.5 * (low + high)
+            set_(middle - bits / 2, middle + bits / 2)
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)
+
+
+def _summary(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    finite = np.isfinite(data)
+    count = finite.sum(axis=0)
+    safe = np.maximum(count, 1)
+    mean = np.where(count > 0, np.where(finite, data, 0.0).sum(axis=0) / safe, np.nan)
+    dev = np.where(finite, data - np.where(np.isfinite(mean), mean, 0.0), 0.0)
+    std = np.where(count > 0, np.sqrt((dev**2).sum(axis=0) / safe), np.nan)
+    return mean, std, count
+
+
+def _plain_log_axis(ax: Axes) -> None:
+    """Log-scaled y axis with tick labels written as plain numbers (0.5, 2, 30)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(plain)
+
+
+def _epoch_colorbar(fig: Figure, axes, norm) -> None:
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+
+    mappable = ScalarMappable(norm=norm, cmap=colormaps[EPOCH_CMAP])
+    fig.colorbar(mappable, ax=axes, label="epoch", shrink=0.9, aspect=30)
+
+
+def _ip_labels(ax: Axes, *, xlabel: bool = True, ylabel: bool = True) -> None:
+    if xlabel:
+        ax.set_xlabel(BITS_XT)
+    if ylabel:
+        ax.set_ylabel(BITS_TY)
+
+
+def _split_values(mi: xr.Dataset, var: str, split: str) -> np.ndarray:
+    """(run, step, layer) or (run, step) values of one split."""
+    import numpy as np
+
+    da = mi[var].sel(split=split)
+    order = [d for d in ("run", "step", "layer") if d in da.dims]
+    return np.asarray(da.transpose(*order).values, dtype=float)
+
+
+def _layer_marker(k: int) -> tuple[str, bool]:
+    """Marker of layer ``k`` and whether it is filled (hollow markers after the first cycle)."""
+    return _MARKERS[k % len(_MARKERS)], (k // len(_MARKERS)) % 2 == 0
+
+
+def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, norm) -> list:
+    """All layers' mean trajectories in one plane; markers tell the layers apart.
+
+    Returns the legend handles (one marker per layer, then H(Y)).
+    """
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    layers = [str(v) for v in mi["layer"].values]
+    ixt = _split_values(mi, "I_XT", split)
+    ity = _split_values(mi, "I_TY", split)
+    handles = []
+    for k, layer in enumerate(layers):
+        marker, filled = _layer_marker(k)
+        _trajectory(
+            ax,
+            ixt[..., k],
+            ity[..., k],
+            epoch,
+            norm,
+            marker=marker,
+            filled=filled,
+            runs=False,
+            error_bars=0,
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker=marker,
+                color="0.25",
+                markerfacecolor="0.25" if filled else "none",
+                markersize=5,
+                label=layer,
+            )
+        )
+    if "H_Y" in mi:
+        h_y = _summary(_split_values(mi, "H_Y", split))[0]
+        if np.isfinite(h_y).any():
+            ax.axhline(float(np.nanmean(h_y)), color="0.3", lw=0.8, ls="--", zorder=0)
+            handles.append(Line2D([], [], color="0.3", lw=0.8, ls="--", label="H(Y)"))
+    _min_span(ax)
+    return handles
+
+
+def _layer_legend(fig: Figure, ax: Axes, handles: list) -> None:
+    """Layer legend inside the panel for a few layers, below the panels for many."""
+    if len(handles) <= _INSIDE_LEGEND_MAX:
+        ax.legend(handles=handles, loc="best", frameon=True, framealpha=0.85, fontsize=7)
+    else:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(len(handles), 9),
+            fontsize=7,
+            title="layers (all-layer panels)",
+            title_fontsize=7,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def information_plane_overview(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
+    """All layers in one information plane per split, splits side by side, epoch as colour."""
+    _require(mi, ["I_XT", "I_TY"])
+    mi = as_runs(mi)
+    splits = _splits(mi, splits)
+    epoch = epochs(mi)
+    norm = _epoch_norm(epoch)
+    with _style():
+        fig = _new_figure(4.4 * len(splits) + 0.9, 4.0)
+        axes = fig.subplots(1, len(splits), squeeze=False)[0]
+        for ax, split in zip(axes, splits, strict=True):
+            handles = _overview_panel(ax, mi, split, epoch, norm)
+            ax.set_title(f"{split} probe")
+            _ip_labels(ax)
+            if len(handles) <= _INSIDE_LEGEND_MAX:
+                _layer_legend(fig, ax, handles)
+        if len(handles) > _INSIDE_LEGEND_MAX:
+            _layer_legend(fig, axes[0], handles)
+        _epoch_colorbar(fig, list(axes), norm)
+        fig.suptitle(_title(mi, "Information plane, mean over runs"))
+    return fig
+
+
+def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
+    """One panel per layer (mean ± spread over runs) and an overview panel, for one split."""
+    _require(mi, ["I_XT", "I_TY"])
+    mi = as_runs(mi)
+    if split not in [str(s) for s in mi["split"].values]:
+        raise InputError(
+            f"split {split!r} is not in the estimates (splits: "
+            f"{', '.join(map(str, mi['split'].values))})"
+        )
+    layers = [str(v) for v in mi["layer"].values]
+    epoch = epochs(mi)
+    norm = _epoch_norm(epoch)
+    panels = len(layers) + 1
+    ncols = min(5, math.ceil(math.sqrt(panels)))
+    nrows = math.ceil(panels / ncols)
+    ixt = _split_values(mi, "I_XT", split)
+    ity = _split_values(mi, "I_TY", split)
+    with _style():
+        fig = _new_figure(3.0 * ncols + 0.9, 2.7 * nrows + 0.5)
+        grid = fig.subplots(nrows, ncols, squeeze=False)
+        axes = list(grid.ravel())
+        _layer_legend(fig, axes[0], _overview_panel(axes[0], mi, split, epoch, norm))
+        axes[0].set_title("all layers (means)")
+        for k, layer in enumerate(layers):
+            ax = axes[k + 1]
+            _trajectory(ax, ixt[..., k], ity[..., k], epoch, norm)
+            _min_span(ax)
+            ax.set_title(f"layer {k + 1}: {layer}")
+        for ax in axes[panels:]:
+            ax.remove()
+        for index, ax in enumerate(axes[:panels]):
+            col = index % ncols
+            last_in_col = index + ncols >= panels
+            _ip_labels(ax, xlabel=last_in_col, ylabel=col == 0)
+        _epoch_colorbar(fig, axes[:panels], norm)
+        fig.suptitle(_title(mi, f"Information plane, {split} probe"))
+    return fig
+
+
+def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
+    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs)."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    _require(mi, ["I_XT", "I_TY"])
+    mi = as_runs(mi)
+    splits = _splits(mi, splits)
+    layers = [str(v) for v in mi["layer"].values]
+    colors = _layer_colors(len(layers))
+    epoch = epochs(mi)
+    order = np.argsort(epoch, kind="stable")
+    rows = (("I_XT", BITS_XT, "H_X"), ("I_TY", BITS_TY, "H_Y"))
+    with _style():
+        fig = _new_figure(3.9 * len(splits) + 1.6, 5.6)
+        axes = fig.subplots(2, len(splits), squeeze=False, sharex=True)
+        for col, split in enumerate(splits):
+            for row, (var, label, bound) in enumerate(rows):
+                ax = axes[row, col]
+                values = _split_values(mi, var, split)
+                for k, color in enumerate(colors):
+                    _band(ax, epoch[order], values[:, order, k], color)
+                if bound in mi:
+                    mean = _summary(_split_values(mi, bound, split))[0][order]
+                    ax.plot(epoch[order], mean, color="0.2", lw=0.9, ls="--", zorder=5)
+                ax.set_ylabel(label)
+                if row == 0:
+                    ax.set_title(f"{split} probe")
+                if row == 1:
+                    ax.set_xlabel("epoch")
+        handles = [
+            Line2D([], [], color=c, lw=1.5, label=name)
+            for c, name in zip(colors, layers, strict=True)
+        ]
+        handles.append(Line2D([], [], color="0.2", lw=0.9, ls="--", label="H(X), H(Y)"))
+        fig.legend(handles=handles, loc="outside right upper", title="layer")
+        fig.suptitle(_title(mi, "Mutual information against epoch"))
+    return fig
+
+
+def _band(ax: Axes, x: np.ndarray, runs: np.ndarray, color, *, label: str | None = None) -> None:
+    """Mean line and ±1 std band of ``runs`` (run, point) against ``x``."""
+    import numpy as np
+
+    mean, std, _ = _summary(runs)
+    ok = np.isfinite(mean)
+    ax.plot(x[ok], mean[ok], color=color, lw=1.3, label=label, zorder=3)
+    if runs.shape[0] > 1:
+        ax.fill_between(
+            x[ok], (mean - std)[ok], (mean + std)[ok], color=color, alpha=0.2, lw=0, zorder=2
+        )
+
+
+def widths_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
+    """Kernel widths σ of every layer (and σ_X of the input) against epoch, log scale.
+
+    Steps at which the width search hit an end of its grid in any run are marked with ×.
+    """
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    _require(mi, ["sigma"])
+    mi = as_runs(mi)
+    splits = _splits(mi, splits)
+    layers = [str(v) for v in mi["layer"].values]
+    colors = _layer_colors(len(layers))
+    epoch = epochs(mi)
+    order = np.argsort(epoch, kind="stable")
+    hits_any = False
+    with _style():
+        fig = _new_figure(3.9 * len(splits) + 1.6, 3.6)
+        axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
+        for ax, split in zip(axes, splits, strict=True):
+            sigma = _split_values(mi, "sigma", split)
+            for k, color in enumerate(colors):
+                _band(ax, epoch[order], sigma[:, order, k], color)
+                if "boundary_hit" in mi:
+                    hit = _split_values(mi, "boundary_hit", split)[:, order, k]
+                    hit = np.nan_to_num(hit, nan=0.0).astype(bool).any(axis=0)
+                    if hit.any():
+                        hits_any = True
+                        mean = _summary(sigma[:, order, k])[0]
+                        ax.scatter(
+                            epoch[order][hit], mean[hit], marker="x", s=16, color=color, zorder=6
+                        )
+            if "sigma_x" in mi:
+                sx = _summary(_split_values(mi, "sigma_x", split))[0][order]
+                ax.plot(epoch[order], sx, color="0.2", lw=0.9, ls="--", zorder=5)
+            _plain_log_axis(ax)
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{split} probe")
+        axes[0].set_ylabel("kernel width σ (exp(−d²/σ²))")
+        handles = [
+            Line2D([], [], color=c, lw=1.5, label=name)
+            for c, name in zip(colors, layers, strict=True)
+        ]
+        if "sigma_x" in mi:
+            handles.append(Line2D([], [], color="0.2", lw=0.9, ls="--", label="σ_X (input)"))
+        if hits_any:
+            handles.append(
+                Line2D([], [], ls="none", marker="x", color="0.2", label="grid edge hit")
+            )
+        fig.legend(handles=handles, loc="outside right upper", title="layer")
+        fig.suptitle(_title(mi, "Kernel widths"))
+    return fig
+
+
+def data_processing_figure(
+    mi: xr.Dataset, *, shares: xr.Dataset | None = None, tol: float = 1e-6
+) -> Figure:
+    """Bars: the share of points where the deeper layer of each pair has the lower MI."""
+    import numpy as np
+
+    shares = data_processing_share(mi, tol=tol) if shares is None else shares
+    splits = [str(s) for s in shares["split"].values]
+    pairs = [str(p) for p in shares["pair"].values]
+    x = np.arange(len(pairs))
+    width = 0.38
+    panel_width = max(4.2, 0.55 * len(pairs) + 1.5)
+    # many pairs (deep networks): splits one above the other instead of side by side
+    stacked = len(pairs) > 7
+    with _style():
+        if stacked:
+            fig = _new_figure(panel_width, 3.3 * len(splits) + 0.6)
+            axes = fig.subplots(len(splits), 1, squeeze=False, sharey=True)[:, 0]
+        else:
+            fig = _new_figure(panel_width * len(splits), 3.9)
+            axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
+        for ax, split in zip(axes, splits, strict=True):
+            for offset, var, label, color in (
+                (-width / 2, "I_XT", "I(X;T) deeper ≤ shallower", "#3b6fb6"),
+                (width / 2, "I_TY", "I(T;Y) deeper ≤ shallower", "#d1762b"),
+            ):
+                values = shares[var].sel(split=split).values
+                ax.bar(x + offset, np.nan_to_num(values, nan=0.0), width, label=label, color=color)
+            ax.axvline(len(pairs) - 1.5, color="0.5", lw=0.6, ls=":")
+            ax.set_xticks(x, pairs, rotation=45, ha="right", rotation_mode="anchor")
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{split} probe")
+            ax.grid(axis="x", visible=False)
+        for ax in axes if stacked else axes[:1]:
+            ax.set_ylabel("share of (run, step) points")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=2)
+        fig.suptitle(_title(mi if "run" in mi.dims else as_runs(mi), "Data-processing check"))
+    return fig
+
+
+def training_figure(metrics: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Loss and accuracy against epoch, train and test, mean and ±1 std band over runs."""
+    import numpy as np
+
+    if metrics.empty:
+        raise InputError("no training metrics to plot")
+    split_colors = {"train": "#3b6fb6", "test": "#d1762b"}
+    runs = sorted(metrics["run"].unique())
+    with _style():
+        fig = _new_figure(8.4, 3.4)
+        axes = fig.subplots(1, 2, squeeze=False)[0]
+        for ax, metric, label in (
+            (axes[0], "loss", "cross-entropy loss"),
+            (axes[1], "accuracy", "accuracy"),
+        ):
+            part = metrics[metrics["metric"] == metric]
+            for split, color in split_colors.items():
+                rows = part[part["split"] == split]
+                if rows.empty:
+                    continue
+                table = rows.pivot_table(index="epoch", columns="run", values="value")
+                table = table.reindex(columns=runs)
+                _band(
+                    ax,
+                    table.index.to_numpy(dtype=float),
+                    table.to_numpy(dtype=float).T,
+                    color,
+                    label=split,
+                )
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            if metric == "accuracy":
+                ax.set_ylim(0, 1.02)
+            if metric == "loss" and not part.empty and np.nanmin(part["value"]) > 0:
+                _plain_log_axis(ax)
+            ax.legend(loc="best")
+        n = len(runs)
+        head = f"Training — {title}" if title else "Training"
+        fig.suptitle(f"{head} ({n} run{'s' if n != 1 else ''})")
+    return fig
+
+
+def _splits(mi: xr.Dataset, splits: Sequence[str] | None) -> list[str]:
+    present = [str(s) for s in mi["split"].values]
+    if splits is None:
+        return present
+    missing = [s for s in splits if s not in present]
+    if missing:
+        raise InputError(
+            f"split(s) {', '.join(missing)} not in the estimates (splits: {', '.join(present)})"
+        )
+    return list(splits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch entry points (used by `infoplane plot`)
+
+
+def open_estimates(path: str | os.PathLike) -> xr.Dataset:
+    """Open an ``mi/<preset>.zarr`` (one run or stacked runs) and load it into memory."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"estimates {path} do not exist; run `infoplane estimate` first")
+    try:
+        with xr.open_zarr(path, consolidated=None) as ds:
+            return ds.load()
+    except (OSError, ValueError, KeyError) as exc:
+        raise StoreError(f"cannot read estimates {path}: {exc}") from None
+
+
+def plot_estimates(
+    mi: xr.Dataset | str | os.PathLike, out_dir: str | os.PathLike, *, tol: float = 1e-6
+) -> list[Path]:
+    """Write every figure of :data:`ESTIMATE_FIGURES` and the data-processing table to ``out_dir``.
+
+    The per-split information planes are written for ``train`` and ``test``; a split missing from
+    the estimates raises :class:`InputError`.
+    """
+    if not hasattr(mi, "data_vars"):
+        mi = open_estimates(mi)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shares = data_processing_share(mi, tol=tol)
+    figures: Mapping[str, Any] = {
+        "information_plane.png": lambda: information_plane_overview(mi),
+        "information_plane_train.png": lambda: information_plane_layers(mi, "train"),
+        "information_plane_test.png": lambda: information_plane_layers(mi, "test"),
+        "mi_epoch.png": lambda: mi_epoch_figure(mi),
+        "widths.png": lambda: widths_figure(mi),
+        "data_processing.png": lambda: data_processing_figure(mi, shares=shares),
+    }
+    written = []
+    for name, make in figures.items():
+        written.append(save_figure(make(), out_dir / name))
+    table = shares.to_dataframe().reset_index()
+    table = table[["split", "pair", "I_XT", "I_TY", "n_XT", "n_TY"]]
+    table_path = out_dir / DATA_PROCESSING_TABLE
+    table.to_csv(table_path, index=False, float_format="%.6g")
+    written.append(table_path)
+    return written
+
+
+def plot_training(
+    metrics_paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Write the loss and accuracy curves of the runs whose ``metrics.csv`` are given."""
+    return save_figure(training_figure(load_metrics(metrics_paths), title=title), out)

@@ -1,0 +1,27 @@
+# Train one run (experiment, seed) and capture its activations at the scheduled steps.
+# `params.config` is the run's resolved settings (the experiment narrowed to this seed, without
+# the estimator list); it is written beside the store and is what `infoplane train` reads, so the
+# job depends on exactly what it uses. Training uses the GPU when there is one (device: auto).
+
+
+rule train:
+    input:
+        dataset_input,
+    output:
+        store=directory("results/{experiment}/{run}/activations.zarr"),
+        metrics="results/{experiment}/{run}/metrics.csv",
+        iterations="results/{experiment}/{run}/iterations.csv",
+        checkpoint="results/{experiment}/{run}/checkpoint.pt",
+        config="results/{experiment}/{run}/config.json",
+    params:
+        config=run_config,
+    log:
+        "logs/{experiment}/{run}/train.log",
+    # small CPU networks gain little from more threads; clusters set more in their profile
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "printf '%s\\n' {params.config:q} > {output.config} && "
+        "python -m infoplane train --config {output.config} --experiment {wildcards.experiment} "
+        "--run {wildcards.run} --out {output.store} > {log} 2>&1"
