@@ -33,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf results .snakemake
+	rm -rf results logs .snakemake

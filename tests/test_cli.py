@@ -18,6 +18,7 @@ def test_no_command_prints_help_and_fails(capsys):
 
 
 def test_import_is_light():
-    code = "import sys, infoplane; print(any(m in sys.modules for m in ('torch','dask','zarr','matplotlib')))"
+    heavy = "('torch', 'dask', 'zarr', 'xarray', 'matplotlib')"
+    code = f"import sys, infoplane.cli; print(any(m in sys.modules for m in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
