@@ -1,0 +1,143 @@
+"""Invariants every estimate must satisfy, checked point by point (DESIGN.md, conventions).
+
+For every (split, step, layer) — and run, for stacked results — with N the probe size of the split:
+
+- ``0 <= S <= log2 N`` for H_X, H_Y, H_T, H_XT, H_TY;
+- ``max(S(A), S(B)) <= S(A, B) <= S(A) + S(B)`` for (X, T) and (T, Y);
+- ``0 <= I(X;T) <= min(S(X), S(T))`` and ``0 <= I(T;Y) <= min(S(T), S(Y))``;
+- ``I = S(A) + S(B) - S(A, B)`` (the stored MI agrees with the stored entropies).
+
+Comparisons allow an absolute tolerance in bits. NaN points are not violations; they are listed
+separately.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infoplane.errors import StoreError
+
+DEFAULT_TOLERANCE = 1e-6
+_ENTROPIES = ("H_X", "H_Y", "H_T", "H_XT", "H_TY")
+_REQUIRED = ("I_XT", "I_TY", *_ENTROPIES)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One point breaking one invariant."""
+
+    invariant: str
+    where: dict[str, Any]  # split, step, layer (and run) of the point
+    value: float
+    bound: float
+
+    def __str__(self) -> str:
+        place = ", ".join(f"{key} {value}" for key, value in self.where.items())
+        return f"{place}: {self.invariant} violated ({self.value:.6g} vs bound {self.bound:.6g})"
+
+
+def _n_samples(result: Any) -> Any:
+    """N per split as a DataArray on ``split`` (NaN where unknown)."""
+    import xarray as xr
+
+    if "n_samples" in result:
+        return result["n_samples"].astype(float)
+    recorded = result.attrs.get("n_samples")
+    if isinstance(recorded, str):
+        recorded = json.loads(recorded)
+    if isinstance(recorded, dict):
+        values = [float(recorded.get(str(s), np.nan)) for s in result["split"].values]
+        return xr.DataArray(values, dims="split", coords={"split": result["split"]})
+    raise StoreError(
+        "the result records no probe size (variable n_samples(split) or attribute n_samples); "
+        "the bound S <= log2 N cannot be checked - re-estimate it with `infoplane estimate`"
+    )
+
+
+def _points(mask: Any, value: Any, bound: Any, invariant: str) -> Iterator[Violation]:
+    import xarray as xr
+
+    value, bound = xr.broadcast(value, bound)
+    mask, value, bound = xr.broadcast(mask, value, bound)
+    dims = mask.dims
+    for position in np.argwhere(mask.values):
+        where = {dim: _plain(mask[dim].values[i]) for dim, i in zip(dims, position, strict=True)}
+        index = tuple(position)
+        yield Violation(invariant, where, float(value.values[index]), float(bound.values[index]))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[Violation]:
+    """Every point of a result that breaks an invariant (see the module docstring).
+
+    Parameters
+    ----------
+    result
+        A result Dataset (or path), per run or stacked on ``run``.
+    tolerance
+        Absolute slack in bits.
+    """
+    ds = _as_dataset(result)
+    tol = float(tolerance)
+    log2n = np.log2(_n_samples(ds))
+    hx, hy, ht, hxt, hty = (ds[name] for name in _ENTROPIES)
+    checks = []
+    for name in _ENTROPIES:
+        checks.append((ds[name] < -tol, ds[name], 0.0, f"{name} >= 0"))
+        checks.append((ds[name] > log2n + tol, ds[name], log2n, f"{name} <= log2 N"))
+    for joint, a, b, label in ((hxt, hx, ht, "XT"), (hty, ht, hy, "TY")):
+        low = np.maximum(a, b)
+        checks.append((joint < low - tol, joint, low, f"H_{label} >= max of its marginals"))
+        checks.append((joint > a + b + tol, joint, a + b, f"H_{label} <= sum of its marginals"))
+    for mi, a, b, joint, label in (
+        (ds["I_XT"], hx, ht, hxt, "I_XT"),
+        (ds["I_TY"], ht, hy, hty, "I_TY"),
+    ):
+        top = np.minimum(a, b)
+        checks.append((mi < -tol, mi, 0.0, f"{label} >= 0"))
+        checks.append((mi > top + tol, mi, top, f"{label} <= min of the entropies"))
+        identity = a + b - joint
+        checks.append((abs(mi - identity) > tol, mi, identity, f"{label} = H + H - joint H"))
+    import xarray as xr
+
+    violations = []
+    for mask, value, bound, invariant in checks:
+        bound = bound if isinstance(bound, xr.DataArray) else xr.zeros_like(value) + bound
+        violations.extend(_points(mask.fillna(False).astype(bool), value, bound, invariant))
+    return violations
+
+
+def nan_points(result: Any) -> list[dict[str, Any]]:
+    """The points (split, step, layer; run when stacked) where any estimate is NaN."""
+    ds = _as_dataset(result)
+    missing = None
+    for name in _REQUIRED:
+        isnan = ds[name].isnull()
+        missing = isnan if missing is None else (missing | isnan)
+    missing = missing.transpose(
+        *[d for d in ("run", "split", "step", "layer") if d in missing.dims]
+    )
+    return [
+        {dim: _plain(missing[dim].values[i]) for dim, i in zip(missing.dims, p, strict=True)}
+        for p in np.argwhere(missing.values)
+    ]
+
+
+def _as_dataset(result: Any) -> Any:
+    if isinstance(result, (str, Path)):
+        from infoplane.estimation import open_result
+
+        result = open_result(result)
+    lacking = [name for name in _REQUIRED if name not in result]
+    if lacking:
+        raise StoreError(f"not an infoplane result: variables {lacking} are missing")
+    return result

@@ -1,0 +1,659 @@
+"""Estimates: widths, Gram matrices, entropies and MI for every (split, step, layer), on Dask.
+
+The work is split so that only tiny arrays travel and the step axis stays parallel:
+
+1. width search (only for the alignment rule with smoothing): one task per (split, step) reads
+   that step's distances and returns the argmax width σ* of every layer;
+2. smoothing (on the client, cheap): σ_t = β σ_{t-1} + (1 - β) σ*_t along the captured steps of
+   each split and layer;
+3. entropies: one task per (split, step) builds the Gram matrices and returns H, I and
+   diagnostics per layer.
+
+Both task kinds read either the distance cache (the fast path; the activation store is never
+opened for a preset that needs only distances) or, without a cache, the activation store itself
+(distances are then computed on the fly and not kept).
+
+The result ``mi/<name>.zarr`` holds, on dims (split, step, layer): ``I_XT, I_TY, H_T, H_XT, H_TY,
+sigma`` (width used), ``sigma_star`` (per-step argmax before smoothing; NaN for other rules),
+``clipped_mass``, ``boundary_hit``; on (split, step): ``H_X, H_Y, sigma_x``; ``n_samples(split)``;
+coordinate ``epoch(step)``; attributes ``preset`` (JSON), ``estimator``, ``source``, ``store``,
+``run``, ``experiment``, ``infoplane_version``. Entropies are in bits. Points that cannot be
+estimated (NaN/Inf activations) are NaN and named in a warning and in ``attrs["nan_points"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infoplane.distance_cache import (
+    SPLITS,
+    is_distance_cache,
+    open_cache_root,
+    read_store_plan,
+    step_distances,
+    warn_nan_points,
+)
+from infoplane.errors import ConfigError, InputError, StoreError
+from infoplane.presets import needs_activations, preset_to_json, validate_preset
+
+log = logging.getLogger(__name__)
+
+LAYER_VARIABLES = (
+    "I_XT",
+    "I_TY",
+    "H_T",
+    "H_XT",
+    "H_TY",
+    "sigma",
+    "sigma_star",
+    "clipped_mass",
+    "boundary_hit",
+)
+STEP_VARIABLES = ("H_X", "H_Y", "sigma_x")
+# per-layer outputs of infoplane.entropy.information_plane
+_PLANE_LAYER_KEYS = ("I_XT", "I_TY", "H_T", "H_XT", "H_TY", "clipped_mass")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where estimation tasks read distances: a distance cache or an activation store."""
+
+    kind: str  # "cache" | "store"
+    path: str
+    store: str | None  # activation store, when the preset or the source needs it
+    layers: tuple[str, ...]
+    dims: tuple[int, ...]
+    dim_x: int
+
+
+@dataclass(frozen=True)
+class SplitSteps:
+    """The steps of one split to estimate, with their positions in the source and in the store."""
+
+    split: str
+    steps: np.ndarray
+    epochs: np.ndarray
+    index: np.ndarray  # position on the source's step axis
+    store_index: np.ndarray | None  # position on the store's step axis (when the store is read)
+    n_samples: int
+
+
+def plan_source(
+    source: str | Path,
+    *,
+    store: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    needs_store: bool = False,
+) -> tuple[Source, dict[str, SplitSteps], dict[str, Any]]:
+    """Describe what to estimate from ``source`` (a distance cache or an activation store).
+
+    A distance cache is used without touching the activation store unless ``needs_store``; the
+    store is then ``store`` or the one recorded in the cache's attributes.
+
+    Raises
+    ------
+    StoreError
+        A cached step is not done yet, or a needed store is missing.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise StoreError(f"{source} does not exist (expected a distance cache or a store)")
+    if not is_distance_cache(source):
+        plan = read_store_plan(source, splits)
+        steps = {
+            name: SplitSteps(name, p.steps, p.epochs, p.store_index, p.store_index, p.n_samples)
+            for name, p in plan.splits.items()
+        }
+        dims = tuple(plan.dims[name] for name in plan.layers)
+        src = Source("store", plan.path, plan.path, tuple(plan.layers), dims, plan.input_dim)
+        return src, steps, dict(plan.attrs)
+
+    root = open_cache_root(source)
+    attrs = dict(root.attrs)
+    wanted = list(splits) if splits else [s for s in attrs.get("splits", SPLITS) if s in root]
+    steps: dict[str, SplitSteps] = {}
+    layers = tuple(attrs["layers"])
+    dims: tuple[int, ...] = ()
+    dim_x = 0
+    for name in wanted:
+        if name not in root:
+            raise StoreError(f"distance cache {source} has no split {name!r}")
+        group = root[name]
+        done = np.asarray(group["done"][...], dtype=bool)
+        step = np.asarray(group["step"][...], dtype=np.int64)
+        if not done.all():
+            missing = ", ".join(map(str, step[~done][:10]))
+            raise StoreError(
+                f"distance cache {source}, split {name}: steps {missing} are not computed yet; "
+                f"rerun `infoplane distances {attrs.get('store', 'STORE')} --out {source}` "
+                "to complete it"
+            )
+        epochs = np.asarray(group["epoch"][...], dtype=np.float64)
+        n = int(group["y"].shape[1])
+        steps[name] = SplitSteps(name, step, epochs, np.arange(len(step)), None, n)
+        dims = tuple(int(d) for d in group["dim"][...])
+        dim_x = int(group["dim_x"][...])
+    store_path = None
+    if needs_store:
+        store_path = Path(store) if store is not None else Path(attrs.get("store", ""))
+        if not store_path.exists():
+            raise StoreError(
+                f"this estimator reads the activations, but the store {store_path} recorded in "
+                f"{source} does not exist; pass --store STORE"
+            )
+        plan = read_store_plan(store_path, wanted)
+        for name, split in steps.items():
+            position = {
+                int(s): int(i)
+                for s, i in zip(plan.splits[name].steps, plan.splits[name].store_index, strict=True)
+            }
+            lost = [int(s) for s in split.steps if int(s) not in position]
+            if lost:
+                raise StoreError(
+                    f"store {store_path}, split {name}: cached steps {lost[:10]} are not captured"
+                )
+            store_index = np.array([position[int(s)] for s in split.steps], dtype=np.int64)
+            steps[name] = SplitSteps(
+                name, split.steps, split.epochs, split.index, store_index, split.n_samples
+            )
+        store_path = plan.path
+    src = Source("cache", str(source.resolve()), store_path, layers, dims, dim_x)
+    keep = {k: attrs[k] for k in ("experiment", "run", "seed", "model", "dataset") if k in attrs}
+    keep["store"] = attrs.get("store")
+    return src, steps, keep
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks (run on the workers; arguments and results are small)
+
+
+def load_step(source: Source, split: str, index: int) -> dict[str, np.ndarray]:
+    """One step's distances: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``."""
+    if source.kind == "store":
+        return step_distances(source.path, split, index, source.layers)
+    import zarr
+
+    # the split group itself: cheaper than the root's consolidated metadata, read per task
+    group = zarr.open_group(str(Path(source.path) / split), mode="r", use_consolidated=False)
+    return {
+        "d2": np.asarray(group["d2"][index]),
+        "d2_x": np.asarray(group["d2_x"][index]),
+        "y": np.asarray(group["y"][index]),
+        "nonfinite": np.asarray(group["nonfinite"][index], dtype=bool),
+        "nonfinite_x": np.asarray(group["nonfinite_x"][index], dtype=bool),
+    }
+
+
+def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int) -> Any:
+    """Width σ (kernel exp(-d²/σ²)) of a non-search rule: fixed, silverman, scott or median.
+
+    ``d2`` is one (N, N) matrix (a float is returned) or a stack (..., N, N) (an array (...)).
+    """
+    from infoplane.widths import median_width, scott_width, silverman_width
+
+    kind = rule["rule"]
+    if kind == "fixed":
+        return float(rule["sigma"])
+    if kind == "silverman":
+        return silverman_width(d2, dim)
+    if kind == "scott":
+        return scott_width(d2, dim)
+    if kind == "median":
+        return median_width(d2)
+    raise ConfigError(f"width rule {kind!r} has no closed form (use the alignment search)")
+
+
+def _align(d2: np.ndarray, gram_y: np.ndarray, rule: Mapping[str, Any]) -> tuple[float, bool]:
+    from infoplane.widths import alignment_width
+
+    sigma, hit = alignment_width(d2, gram_y, grid=rule["grid"], points=rule["points"])
+    return float(sigma), bool(hit)
+
+
+def select_widths_task(source: Source, split: str, index: int, rule: Mapping) -> dict[str, Any]:
+    """Task: the alignment argmax σ* of every layer at one (split, step)."""
+    from infoplane.kernels import label_gram
+    from infoplane.widths import alignment_width
+
+    data = load_step(source, split, index)
+    sigma = np.full(len(source.layers), np.nan)
+    hit = np.zeros(len(source.layers), dtype=bool)
+    bad = data["nonfinite"]
+    failures = [(source.layers[i], "non-finite activations") for i in np.flatnonzero(bad)]
+    finite = np.flatnonzero(~bad)
+    gram_y = label_gram(data["y"])
+    if finite.size:
+        try:  # one vectorised search over the stack of layers
+            sigma[finite], hit[finite] = alignment_width(
+                data["d2"][finite], gram_y, grid=rule["grid"], points=rule["points"]
+            )
+        except InputError:
+            for i in finite:  # isolate the failing layer(s)
+                try:
+                    sigma[i], hit[i] = _align(data["d2"][i], gram_y, rule)
+                except InputError as exc:
+                    failures.append((source.layers[i], str(exc)))
+    return {"sigma_star": sigma, "boundary_hit": hit, "failures": failures}
+
+
+def _layer_grams(
+    source: Source,
+    split: str,
+    store_index: int | None,
+    preset: Mapping[str, Any],
+    data: Mapping[str, np.ndarray],
+    gram_y: np.ndarray,
+    sigma: np.ndarray | None,
+    out: dict[str, np.ndarray],
+    failures: list[tuple[str, str]],
+) -> dict[int, np.ndarray]:
+    """Gram matrix of every estimable layer; fills ``sigma``/``sigma_star``/``boundary_hit``."""
+    from infoplane.kernels import gaussian_gram, multivariate_gram
+
+    grams: dict[int, np.ndarray] = {}
+    for i, layer in enumerate(source.layers):
+        if data["nonfinite"][i]:
+            failures.append((layer, "non-finite activations"))
+            continue
+        try:
+            if preset["kernel"] == "multivariate":
+                from infoplane.distance_cache import channel_distances
+
+                d2c = channel_distances(source.store, split, store_index, layer)
+                dim = source.dims[i] // d2c.shape[0]
+                # the rules take a stack of matrices: one width per channel in one call
+                widths = rule_width(preset["channel_width"], d2c, dim)
+                sigmas = np.broadcast_to(np.asarray(widths, dtype=np.float64), d2c.shape[:1])
+                grams[i] = multivariate_gram(d2c, sigmas)
+                # the one shared width giving the same kernel when channels contribute equally
+                out["sigma"][i] = float(np.mean(sigmas**-2.0) ** -0.5)
+                continue
+            rule = preset["layer_width"]
+            if sigma is not None:
+                out["sigma"][i] = sigma[i]
+            elif rule["rule"] == "alignment":
+                value, hit = _align(data["d2"][i], gram_y, rule)
+                out["sigma"][i] = out["sigma_star"][i] = value
+                out["boundary_hit"][i] = hit
+            else:
+                out["sigma"][i] = rule_width(rule, data["d2"][i], source.dims[i])
+            if not np.isfinite(out["sigma"][i]):
+                failures.append((layer, "no width (width search failed at this point)"))
+                continue
+            grams[i] = gaussian_gram(data["d2"][i], out["sigma"][i])
+        except InputError as exc:
+            failures.append((layer, str(exc)))
+    return grams
+
+
+def estimate_step_task(
+    source: Source,
+    split: str,
+    index: int,
+    store_index: int | None,
+    preset: Mapping[str, Any],
+    sigma: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Task: entropies, MI and diagnostics of every layer at one (split, step).
+
+    ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here.
+    """
+    from infoplane.entropy import renyi_entropy
+    from infoplane.kernels import gaussian_gram, label_gram
+
+    n_layers = len(source.layers)
+    data = load_step(source, split, index)
+    out: dict[str, Any] = {name: np.full(n_layers, np.nan) for name in LAYER_VARIABLES}
+    out["boundary_hit"] = np.zeros(n_layers, dtype=bool)
+    failures: list[tuple[str, str]] = []
+    alpha = preset["alpha"]
+    gram_y = label_gram(data["y"])
+    out["H_X"] = out["sigma_x"] = np.nan
+    if bool(data["nonfinite_x"]):
+        out["H_Y"] = float(renyi_entropy(gram_y, alpha))
+        out["failures"] = [(layer, "non-finite network inputs") for layer in source.layers]
+        return out
+    out["sigma_x"] = rule_width(preset["input_width"], data["d2_x"], source.dim_x)
+    gram_x = gaussian_gram(data["d2_x"], out["sigma_x"])
+    grams = _layer_grams(source, split, store_index, preset, data, gram_y, sigma, out, failures)
+    plane = _information_plane(gram_x, grams, gram_y, alpha, source.layers, failures)
+    # H_X and H_Y from the same computation as the MI when there is one, so I = H + H - H holds
+    out["H_X"] = plane.pop("H_X", None)
+    out["H_Y"] = plane.pop("H_Y", None)
+    if out["H_X"] is None:
+        out["H_X"] = float(renyi_entropy(gram_x, alpha))
+        out["H_Y"] = float(renyi_entropy(gram_y, alpha))
+    for i, values in plane.items():
+        for key in _PLANE_LAYER_KEYS:
+            out[key][i] = values[key]
+    out["failures"] = failures
+    return out
+
+
+def _information_plane(
+    gram_x: np.ndarray,
+    grams: Mapping[int, np.ndarray],
+    gram_y: np.ndarray,
+    alpha: float,
+    layers: Sequence[str],
+    failures: list[tuple[str, str]],
+) -> dict[Any, Any]:
+    """Per-layer results ``{layer index: {key: value}}`` plus ``H_X``/``H_Y`` when computed.
+
+    All layers go through one batched call; if it fails, layers are retried one at a time so a
+    single bad layer costs only its own point.
+    """
+    from infoplane.entropy import information_plane
+
+    order = sorted(grams)
+    if not order:
+        return {}
+    try:
+        batches = [
+            (order, information_plane(gram_x, np.stack([grams[i] for i in order]), gram_y, alpha))
+        ]
+    except InputError:
+        batches = []
+        for i in order:
+            try:
+                batches.append(([i], information_plane(gram_x, grams[i][None], gram_y, alpha)))
+            except InputError as exc:
+                failures.append((layers[i], str(exc)))
+    plane: dict[Any, Any] = {}
+    for members, result in batches:
+        plane["H_X"], plane["H_Y"] = float(result["H_X"]), float(result["H_Y"])
+        for k, i in enumerate(members):
+            plane[i] = {key: float(np.asarray(result[key])[k]) for key in _PLANE_LAYER_KEYS}
+    return plane
+
+
+# ---------------------------------------------------------------------------------------------
+# client side
+
+
+@contextlib.contextmanager
+def _client_or(client: Any, **cluster: Any) -> Iterator[Any]:
+    if client is not None:
+        yield client
+        return
+    from infoplane.cluster import dask_client
+
+    with dask_client(**cluster) as own:
+        yield own
+
+
+def smooth_along_steps(sigma_star: np.ndarray, beta: float) -> np.ndarray:
+    """Smooth (S, L) widths along steps, per layer, skipping NaN points.
+
+    A NaN point (not estimable) neither resets nor poisons the average of the later steps.
+    """
+    from infoplane.widths import smooth_widths
+
+    smoothed = np.full(sigma_star.shape, np.nan)
+    for layer in range(sigma_star.shape[1]):
+        finite = np.isfinite(sigma_star[:, layer])
+        if finite.any():
+            smoothed[finite, layer] = smooth_widths(sigma_star[finite, layer], beta)
+    return smoothed
+
+
+def estimate(
+    source: str | Path,
+    preset: Mapping[str, Any],
+    *,
+    name: str,
+    out: str | Path | None = None,
+    store: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    client: Any = None,
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    cluster_config: Mapping[str, Any] | None = None,
+) -> Any:
+    """Estimate the information plane of one run with one preset.
+
+    Parameters
+    ----------
+    source
+        A distance cache (fast) or an activation store (distances computed on the fly).
+    preset
+        An estimator preset (validated here; see :func:`infoplane.presets.resolve_preset`).
+    name
+        The preset's name (stored in the result's attributes).
+    out
+        Where to write the result (Zarr); None only returns it.
+    store
+        The activation store, for presets that read activations from a cache source when the
+        store recorded in the cache has moved.
+    client
+        A ``distributed.Client``; None starts a cluster from ``workers``/``scheduler_address``/
+        ``cluster_config`` (see :mod:`infoplane.cluster`) and closes it afterwards.
+
+    Returns
+    -------
+    xarray.Dataset
+        The result, in memory.
+    """
+    preset = validate_preset(preset, name)
+    src, split_steps, attrs = plan_source(
+        source, store=store, splits=splits, needs_store=needs_activations(preset)
+    )
+    run = attrs.get("run")
+    rule = preset.get("layer_width", {})
+    two_pass = rule.get("rule") == "alignment" and rule.get("smoothing", 0.0) > 0
+    failures: set[tuple[str, int, str, str]] = set()
+    cluster = {
+        "workers": workers,
+        "scheduler_address": scheduler_address,
+        "cluster_config": cluster_config,
+    }
+    from infoplane.cluster import run_tasks
+
+    with _client_or(client, **cluster) as active:
+        sigma_star: dict[str, np.ndarray] = {}
+        hits: dict[str, np.ndarray] = {}
+        sigmas: dict[str, np.ndarray | None] = {}
+        if two_pass:
+            calls, names, where = [], [], []
+            for split in split_steps.values():
+                for k, (step, index) in enumerate(zip(split.steps, split.index, strict=True)):
+                    calls.append((src, split.split, int(index), rule))
+                    names.append(f"{split.split}-{step}")
+                    where.append((split.split, k))
+            results = run_tasks(active, select_widths_task, calls, label="widths", names=names)
+            for split in split_steps.values():
+                shape = (len(split.steps), len(src.layers))
+                sigma_star[split.split] = np.full(shape, np.nan)
+                hits[split.split] = np.zeros(shape, dtype=bool)
+            for (split_name, k), result in zip(where, results, strict=True):
+                sigma_star[split_name][k] = result["sigma_star"]
+                hits[split_name][k] = result["boundary_hit"]
+                step = int(split_steps[split_name].steps[k])
+                failures.update((split_name, step, layer, why) for layer, why in result["failures"])
+            for split_name, values in sigma_star.items():
+                sigmas[split_name] = smooth_along_steps(values, rule["smoothing"])
+        calls, names, where = [], [], []
+        for split in split_steps.values():
+            for k, (step, index) in enumerate(zip(split.steps, split.index, strict=True)):
+                store_index = None if split.store_index is None else int(split.store_index[k])
+                sigma = sigmas[split.split][k] if two_pass else None
+                calls.append((src, split.split, int(index), store_index, preset, sigma))
+                names.append(f"{split.split}-{step}")
+                where.append((split.split, k))
+        results = run_tasks(active, estimate_step_task, calls, label="estimate", names=names)
+
+    for (split_name, k), result in zip(where, results, strict=True):
+        step = int(split_steps[split_name].steps[k])
+        failures.update((split_name, step, layer, why) for layer, why in result["failures"])
+        if two_pass:
+            result["sigma_star"] = sigma_star[split_name][k]
+            result["boundary_hit"] = hits[split_name][k]
+    dataset = _assemble(src, split_steps, where, results, preset, name, attrs)
+    points = sorted(failures)
+    if points:
+        dataset.attrs["nan_points"] = json.dumps([list(p) for p in points])
+        for why in sorted({p[3] for p in points}):
+            warn_nan_points(
+                run,
+                [(s, t, layer) for s, t, layer, w in points if w == why],
+                stage=f"estimate {name}",
+                reason=why,
+            )
+    if out is not None:
+        write_result(dataset, out)
+    return dataset
+
+
+def _assemble(
+    src: Source,
+    split_steps: Mapping[str, SplitSteps],
+    where: Sequence[tuple[str, int]],
+    results: Sequence[Mapping[str, Any]],
+    preset: Mapping[str, Any],
+    name: str,
+    attrs: Mapping[str, Any],
+):
+    import xarray as xr
+
+    from infoplane import __version__
+
+    split_names = list(split_steps)
+    steps = np.unique(np.concatenate([s.steps for s in split_steps.values()]))
+    epoch = np.full(len(steps), np.nan)
+    for split in split_steps.values():
+        epoch[np.searchsorted(steps, split.steps)] = split.epochs
+    shape3 = (len(split_names), len(steps), len(src.layers))
+    layer_arrays = {key: np.full(shape3, np.nan) for key in LAYER_VARIABLES}
+    layer_arrays["boundary_hit"] = np.zeros(shape3, dtype=bool)
+    step_arrays = {key: np.full(shape3[:2], np.nan) for key in STEP_VARIABLES}
+    for (split_name, k), result in zip(where, results, strict=True):
+        s = split_names.index(split_name)
+        t = int(np.searchsorted(steps, split_steps[split_name].steps[k]))
+        for key in LAYER_VARIABLES:
+            layer_arrays[key][s, t] = result[key]
+        for key in STEP_VARIABLES:
+            step_arrays[key][s, t] = result[key]
+    dims3, dims2 = ("split", "step", "layer"), ("split", "step")
+    data = {key: (dims3, value) for key, value in layer_arrays.items()}
+    data.update({key: (dims2, value) for key, value in step_arrays.items()})
+    data["n_samples"] = (("split",), np.array([split_steps[s].n_samples for s in split_names]))
+    coords = {
+        "split": np.array(split_names, dtype=object),
+        "step": steps,
+        "epoch": ("step", epoch),
+        "layer": np.array(src.layers, dtype=object),
+    }
+    result_attrs = {
+        "estimator": name,
+        "preset": preset_to_json(preset),
+        "source": src.path,
+        "store": src.store or attrs.get("store") or "",
+        "infoplane_version": __version__,
+        "units": "bits",
+    }
+    for key in ("experiment", "run", "seed", "model", "dataset"):
+        if attrs.get(key) is not None:
+            value = attrs[key]
+            result_attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+    return xr.Dataset(data, coords=coords, attrs=result_attrs)
+
+
+def write_result(dataset: Any, out: str | Path) -> None:
+    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
+        dataset.to_zarr(str(tmp), mode="w", consolidated=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def open_result(path: str | Path) -> Any:
+    """A result file as an in-memory Dataset."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"result {path} does not exist; run `infoplane estimate` first")
+    with xr.open_zarr(str(path)) as dataset:
+        return dataset.load()
+
+
+def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any:
+    """Stack the results of several runs (same preset) on a new ``run`` dimension.
+
+    Parameters
+    ----------
+    sources
+        Result paths or Datasets.
+    runs
+        Names of the runs; default: each result's ``run`` attribute.
+
+    Raises
+    ------
+    StoreError
+        The results were made with different presets, or run names repeat.
+    """
+    import xarray as xr
+
+    datasets = [open_result(s) if isinstance(s, (str, Path)) else s for s in sources]
+    if not datasets:
+        raise InputError("stack_runs needs at least one result")
+    if runs is None:
+        runs = [str(d.attrs.get("run", f"run{i}")) for i, d in enumerate(datasets)]
+    runs = list(runs)
+    presets = {d.attrs.get("preset") for d in datasets}
+    if len(presets) != 1:
+        names = sorted({str(d.attrs.get("estimator")) for d in datasets})
+        raise StoreError(
+            f"cannot stack results of different estimator presets ({', '.join(names)}); "
+            "stack the results of one preset at a time"
+        )
+    if len(runs) != len(datasets) or len(set(runs)) != len(runs):
+        raise StoreError(
+            f"run names must be unique, one per result; got {runs} (pass --runs / runs=...)"
+        )
+    stacked = xr.concat(
+        [d.drop_vars("epoch", errors="ignore") for d in datasets],
+        dim=xr.DataArray(np.array(runs, dtype=object), dims="run", name="run"),
+        join="outer",
+        fill_value={"boundary_hit": False},
+        combine_attrs="drop",
+        coords="minimal",
+        compat="override",
+    )
+    # a step's epoch is the same in every run that captured it
+    if all("epoch" in d.coords for d in datasets):
+        epoch = np.full(stacked.sizes["step"], np.nan)
+        for d in datasets:
+            at = np.searchsorted(stacked["step"].values, d["step"].values)
+            epoch[at] = np.where(np.isnan(epoch[at]), d["epoch"].values, epoch[at])
+        stacked = stacked.assign_coords(epoch=("step", epoch))
+    first = datasets[0].attrs
+    stacked.attrs = {
+        "estimator": first.get("estimator", ""),
+        "preset": first.get("preset", ""),
+        "runs": json.dumps(runs),
+        "sources": json.dumps([str(d.attrs.get("source", "")) for d in datasets]),
+        "infoplane_version": first.get("infoplane_version", ""),
+        "units": "bits",
+    }
+    experiments = {d.attrs.get("experiment") for d in datasets}
+    if len(experiments) == 1 and None not in experiments:
+        stacked.attrs["experiment"] = experiments.pop()
+    return stacked

@@ -1,0 +1,287 @@
+"""Estimator presets: validated, defaults-filled, JSON-serialisable mappings.
+
+A preset says how to turn cached distances into entropies: the kernel (``tensor`` or
+``multivariate``), the Rényi order ``alpha``, the width rule of the input kernel, the label kernel
+and the width rule of the layer kernels (``multivariate`` presets give a per-channel rule
+instead). The resolved mapping is the one stored in a result's attributes, so it must re-create
+the estimate exactly.
+
+Presets are looked up by name, first in the ``estimators:`` mapping of the given configuration,
+then among :data:`BUILTIN_PRESETS`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from infoplane.errors import ConfigError
+
+KERNELS = ("tensor", "multivariate")
+LABEL_KERNELS = ("indicator",)
+INPUT_RULES = ("fixed", "silverman", "scott", "median")
+LAYER_RULES = ("alignment", "fixed", "silverman", "scott", "median")
+CHANNEL_RULES = ("fixed", "silverman", "scott", "median")
+GRIDS = ("linear", "log")
+
+# Defaults are the paper's estimator (PAPER_NOTES §2.3 and §3.2).
+DEFAULT_ALPHA = 1.0
+DEFAULT_INPUT_WIDTH: dict[str, Any] = {"rule": "fixed", "sigma": 8.0}
+DEFAULT_ALIGNMENT: dict[str, Any] = {
+    "rule": "alignment",
+    "grid": "linear",
+    "points": 100,
+    "smoothing": 0.9,
+}
+DEFAULT_CHANNEL_WIDTH: dict[str, Any] = {"rule": "silverman"}
+
+_PAPER: dict[str, Any] = {
+    "kernel": "tensor",
+    "alpha": 1.0,
+    "input_width": {"rule": "fixed", "sigma": 8.0},
+    "label_kernel": "indicator",
+    "layer_width": dict(DEFAULT_ALIGNMENT),
+}
+
+BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
+    # The authors' estimator: tensor kernel, Shannon limit, σ_X = 8, aligned and smoothed σ_T.
+    "paper": _PAPER,
+    # The α of the authors' earlier scripts; differs from "paper" by a few hundredths of a bit.
+    "paper-alpha1.01": {**_PAPER, "alpha": 1.01},
+    # Yu et al.: the layer Gram is the Hadamard product of per-channel Grams, one Silverman width
+    # per channel. Needs the activations (per-channel distances are not cached).
+    "multivariate": {
+        "kernel": "multivariate",
+        "alpha": 1.0,
+        "input_width": {"rule": "fixed", "sigma": 8.0},
+        "label_kernel": "indicator",
+        "channel_width": {"rule": "silverman"},
+    },
+    # Rule-of-thumb widths everywhere, from the data spread: no search, no smoothing.
+    "silverman": {
+        "kernel": "tensor",
+        "alpha": 1.0,
+        "input_width": {"rule": "silverman"},
+        "label_kernel": "indicator",
+        "layer_width": {"rule": "silverman"},
+    },
+    "fixed-example": {
+        "kernel": "tensor",
+        "alpha": 1.01,
+        "input_width": {"rule": "fixed", "sigma": 8.0},
+        "label_kernel": "indicator",
+        "layer_width": {"rule": "fixed", "sigma": 5.0},
+    },
+}
+
+_TOP_KEYS = ("kernel", "alpha", "input_width", "label_kernel", "layer_width", "channel_width")
+
+
+def _fail(name: str, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"estimator preset {name!r}: {key} {problem}")
+
+
+def _number(name: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(name, key, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, key: str, value: Any) -> float:
+    number = _number(name, key, value)
+    if number <= 0:
+        raise _fail(name, key, f"must be > 0, got {value!r}")
+    return number
+
+
+def _choice(name: str, key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _fail(name, key, f"must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _check_keys(name: str, key: str, mapping: Mapping, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise _fail(
+            name,
+            key,
+            f"has unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}",
+        )
+
+
+def _width_rule(
+    name: str, key: str, value: Any, rules: tuple[str, ...], default: Mapping
+) -> dict[str, Any]:
+    """Validate one ``{rule: ..., ...}`` width mapping and fill its defaults."""
+    if value is None:
+        value = default
+    if not isinstance(value, Mapping):
+        raise _fail(name, key, f"must be a mapping like {{rule: {rules[0]}}}, got {value!r}")
+    rule = _choice(name, f"{key}.rule", value.get("rule"), rules)
+    if rule == "fixed":
+        _check_keys(name, key, value, ("rule", "sigma"))
+        if "sigma" not in value:
+            raise _fail(name, f"{key}.sigma", "is required by rule fixed (a width > 0)")
+        return {"rule": "fixed", "sigma": _positive(name, f"{key}.sigma", value["sigma"])}
+    if rule == "alignment":
+        _check_keys(name, key, value, ("rule", "grid", "points", "smoothing"))
+        grid = _choice(name, f"{key}.grid", value.get("grid", DEFAULT_ALIGNMENT["grid"]), GRIDS)
+        points = value.get("points", DEFAULT_ALIGNMENT["points"])
+        if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+            raise _fail(name, f"{key}.points", f"must be an integer >= 2, got {points!r}")
+        beta = _number(
+            name, f"{key}.smoothing", value.get("smoothing", DEFAULT_ALIGNMENT["smoothing"])
+        )
+        if not 0.0 <= beta < 1.0:
+            raise _fail(name, f"{key}.smoothing", f"must lie in [0, 1), got {beta!r}")
+        return {"rule": "alignment", "grid": grid, "points": points, "smoothing": beta}
+    _check_keys(name, key, value, ("rule",))
+    return {"rule": rule}
+
+
+def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[str, Any]:
+    """Validate one preset mapping and return it with every default filled.
+
+    Parameters
+    ----------
+    preset
+        The mapping as written in a configuration (missing keys take the paper's values).
+    name
+        Used in error messages only.
+
+    Raises
+    ------
+    ConfigError
+        Naming the offending key and its allowed values.
+    """
+    if not isinstance(preset, Mapping):
+        raise ConfigError(f"estimator preset {name!r} must be a mapping, got {preset!r}")
+    _check_keys(name, "(top level)", preset, _TOP_KEYS)
+    kernel = _choice(name, "kernel", preset.get("kernel", "tensor"), KERNELS)
+    resolved: dict[str, Any] = {
+        "kernel": kernel,
+        "alpha": _positive(name, "alpha", preset.get("alpha", DEFAULT_ALPHA)),
+        "input_width": _width_rule(
+            name, "input_width", preset.get("input_width"), INPUT_RULES, DEFAULT_INPUT_WIDTH
+        ),
+        "label_kernel": _choice(
+            name, "label_kernel", preset.get("label_kernel", "indicator"), LABEL_KERNELS
+        ),
+    }
+    if kernel == "tensor":
+        if "channel_width" in preset:
+            raise _fail(name, "channel_width", "is only used by kernel multivariate; remove it")
+        resolved["layer_width"] = _width_rule(
+            name, "layer_width", preset.get("layer_width"), LAYER_RULES, DEFAULT_ALIGNMENT
+        )
+    else:
+        if "layer_width" in preset:
+            raise _fail(
+                name,
+                "layer_width",
+                "is not used by kernel multivariate (every layer gets per-channel widths); "
+                f"give channel_width {{rule: {' | '.join(CHANNEL_RULES)}}} instead",
+            )
+        resolved["channel_width"] = _width_rule(
+            name, "channel_width", preset.get("channel_width"), CHANNEL_RULES, DEFAULT_CHANNEL_WIDTH
+        )
+    return resolved
+
+
+def load_presets(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``name -> preset`` mapping of a configuration (unvalidated).
+
+    ``source`` is a path to a YAML or JSON file, or an already loaded mapping. Either form may be
+    a whole configuration (presets under ``estimators:``) or a bare ``name -> preset`` mapping.
+    """
+    if source is None:
+        return {}
+    if isinstance(source, (str, Path)):
+        source = _read_mapping(Path(source))
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"an estimator configuration must be a mapping, got {type(source)}")
+    if "estimators" in source:
+        presets = source["estimators"]
+    elif "experiments" in source or "run" in source:
+        presets = {}  # a config.yaml without presets of its own
+    else:
+        presets = source
+    if presets is None:
+        return {}
+    if not isinstance(presets, Mapping) or not all(
+        isinstance(v, Mapping) for v in presets.values()
+    ):
+        raise ConfigError(
+            "estimators must map preset names to mappings, e.g. "
+            "estimators: {mine: {kernel: tensor, layer_width: {rule: silverman}}}"
+        )
+    return dict(presets)
+
+
+def _read_mapping(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"estimator configuration {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"cannot parse estimator configuration {path}: {exc}") from None
+    from infoplane.config import read_yaml
+
+    return read_yaml(path)
+
+
+def available_presets(config: str | Path | Mapping[str, Any] | None = None) -> list[str]:
+    """Preset names visible through ``config``: its own first, then the built-ins."""
+    own = list(load_presets(config))
+    return own + [name for name in BUILTIN_PRESETS if name not in own]
+
+
+def resolve_preset(config: str | Path | Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """Look up preset ``name`` and return it validated, with defaults filled.
+
+    Parameters
+    ----------
+    config
+        A configuration (path or mapping) whose ``estimators:`` mapping is searched first, or a bare
+        ``name -> preset`` mapping, or None for the built-ins only.
+    name
+        Preset name.
+
+    Returns
+    -------
+    dict
+        A fresh, JSON-serialisable mapping (see :func:`preset_to_json`).
+    """
+    presets = load_presets(config)
+    if name in presets:
+        preset = presets[name]
+    elif name in BUILTIN_PRESETS:
+        preset = BUILTIN_PRESETS[name]
+    else:
+        raise ConfigError(
+            f"unknown estimator preset {name!r}; available: {', '.join(available_presets(config))}"
+            " (add it under estimators: in the configuration)"
+        )
+    return validate_preset(copy.deepcopy(dict(preset)), name)
+
+
+def preset_to_json(preset: Mapping[str, Any]) -> str:
+    """Canonical JSON text of a resolved preset (sorted keys), as stored in result attributes."""
+    return json.dumps(preset, sort_keys=True)
+
+
+def preset_from_json(text: str) -> dict[str, Any]:
+    """Inverse of :func:`preset_to_json`, validated."""
+    return validate_preset(json.loads(text), "<from result attributes>")
+
+
+def needs_activations(preset: Mapping[str, Any]) -> bool:
+    """Whether the preset reads the activation store (per-channel distances are not cached)."""
+    return preset["kernel"] == "multivariate"

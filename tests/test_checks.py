@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import xarray as xr
+from estimation_fixtures import client, make_store  # noqa: F401
+
+from infoplane.checks import check_result, nan_points
+from infoplane.cli import main
+from infoplane.errors import StoreError
+from infoplane.estimation import estimate, stack_runs, write_result
+from infoplane.presets import resolve_preset
+
+
+def consistent_result(n_steps=3, layers=("a", "b")) -> xr.Dataset:
+    """A result that satisfies every invariant: N = 8 (log2 N = 3 bits)."""
+    shape3, shape2 = (2, n_steps, len(layers)), (2, n_steps)
+    hx, hy, ht, hxt, hty = 2.0, 1.5, 1.0, 2.5, 2.0
+    dims3, dims2 = ("split", "step", "layer"), ("split", "step")
+    return xr.Dataset(
+        {
+            "H_X": (dims2, np.full(shape2, hx)),
+            "H_Y": (dims2, np.full(shape2, hy)),
+            "H_T": (dims3, np.full(shape3, ht)),
+            "H_XT": (dims3, np.full(shape3, hxt)),
+            "H_TY": (dims3, np.full(shape3, hty)),
+            "I_XT": (dims3, np.full(shape3, hx + ht - hxt)),
+            "I_TY": (dims3, np.full(shape3, ht + hy - hty)),
+            "n_samples": (("split",), np.array([8, 8])),
+        },
+        coords={
+            "split": ["train", "test"],
+            "step": np.arange(n_steps) * 10,
+            "layer": list(layers),
+        },
+    )
+
+
+def test_consistent_result_has_no_violation():
+    assert check_result(consistent_result()) == []
+    assert nan_points(consistent_result()) == []
+
+
+def test_each_broken_invariant_is_reported_with_its_point():
+    ds = consistent_result()
+    point = {"split": "test", "step": 10, "layer": "b"}
+    ds["H_T"].loc[point] = 3.5  # > log2 8, and breaks the joint and MI bounds it enters
+    found = check_result(ds)
+    assert found and all(v.where == point for v in found)
+    names = {v.invariant for v in found}
+    assert "H_T <= log2 N" in names
+    assert "H_XT >= max of its marginals" in names
+    assert "I_XT = H + H - joint H" in names
+    assert "split test, step 10, layer b: H_T <= log2 N violated" in str(found[0]) or any(
+        "split test, step 10, layer b: H_T <= log2 N" in str(v) for v in found
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "invariant"),
+    [
+        ("H_XT", 3.1, "H_XT <= sum of its marginals"),
+        ("I_XT", -0.01, "I_XT >= 0"),
+        ("I_TY", 1.2, "I_TY <= min of the entropies"),
+        ("H_TY", -0.5, "H_TY >= 0"),
+    ],
+)
+def test_single_violations(variable, value, invariant):
+    ds = consistent_result()
+    ds[variable].loc[{"split": "train", "step": 0, "layer": "a"}] = value
+    assert invariant in {v.invariant for v in check_result(ds)}
+
+
+def test_log2n_bound_uses_each_splits_probe_size():
+    ds = consistent_result()
+    ds["n_samples"][:] = [8, 4]  # test: log2 4 = 2 < H_XT = 2.5
+    found = check_result(ds)
+    assert found and {v.where["split"] for v in found} == {"test"}
+    ds = ds.drop_vars("n_samples").assign_attrs(n_samples={"train": 8, "test": 4})
+    assert {v.where["split"] for v in check_result(ds)} == {"test"}
+    with pytest.raises(StoreError, match="probe size"):
+        check_result(ds.drop_attrs())
+
+
+def test_tolerance():
+    ds = consistent_result()
+    point = {"split": "train", "step": 0, "layer": "a"}
+    # rounding-sized excess: H_XT a hair above H_X + H_T (and log2 N), I_XT a hair below 0
+    ds["H_XT"].loc[point] = 3.0 + 1e-9
+    ds["I_XT"].loc[point] = -1e-9
+    assert check_result(ds) == []
+    assert check_result(ds, tolerance=1e-12)
+
+
+def test_nan_points_are_listed_not_violations():
+    ds = consistent_result()
+    ds["I_XT"].loc[{"split": "train", "step": 20, "layer": "a"}] = np.nan
+    assert check_result(ds) == []
+    assert nan_points(ds) == [{"split": "train", "step": 20, "layer": "a"}]
+
+
+def test_stacked_results_name_the_run():
+    ds = stack_runs([consistent_result(), consistent_result()], runs=["seed0", "seed1"])
+    ds["H_TY"].loc[{"run": "seed1", "split": "train", "step": 0, "layer": "a"}] = 9.0
+    found = check_result(ds)
+    assert found and all(v.where["run"] == "seed1" for v in found)
+
+
+def test_check_command_exit_codes(tmp_path, capsys):
+    good = tmp_path / "good.zarr"
+    write_result(consistent_result(), good)
+    assert main(["check", str(good)]) == 0
+    assert "0 violation(s)" in capsys.readouterr().out
+    bad = consistent_result()
+    bad["I_TY"].loc[{"split": "test", "step": 20, "layer": "a"}] = 2.0
+    bad["H_X"].loc[{"split": "train", "step": 0}] = np.nan
+    write_result(bad, tmp_path / "bad.zarr")
+    assert main(["check", str(tmp_path / "bad.zarr")]) == 1
+    out = capsys.readouterr().out
+    assert "VIOLATION split test, step 20, layer a: I_TY <= min of the entropies" in out
+    assert "NaN split train, step 0, layer a" in out
+    nan_only = consistent_result()
+    nan_only["H_T"][:] = np.nan
+    write_result(nan_only, tmp_path / "nan.zarr")
+    assert main(["check", str(tmp_path / "nan.zarr")]) == 0
+    assert main(["check", str(tmp_path / "nan.zarr"), "--fail-on-nan"]) == 1
+
+
+def test_real_estimates_satisfy_every_invariant(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=10)
+    for name in ("paper", "paper-alpha1.01", "silverman", "multivariate"):
+        result = estimate(store, resolve_preset(None, name), name=name, client=client)
+        assert check_result(result) == [], name

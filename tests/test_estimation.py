@@ -1,0 +1,212 @@
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+from estimation_fixtures import client, make_store  # noqa: F401
+
+from infoplane.cli import main
+from infoplane.distance_cache import NaNPointWarning, compute_distances
+from infoplane.distances import squared_distances
+from infoplane.entropy import information_plane
+from infoplane.errors import ConfigError, StoreError
+from infoplane.estimation import (
+    LAYER_VARIABLES,
+    STEP_VARIABLES,
+    estimate,
+    open_result,
+    smooth_along_steps,
+    stack_runs,
+)
+from infoplane.kernels import gaussian_gram, label_gram
+from infoplane.presets import resolve_preset
+from infoplane.store import open_activations
+from infoplane.widths import alignment_width, smooth_widths
+
+STEPS = (0, 10, 20, 30)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, client):  # noqa: F811
+    """A store of 4 steps (N = 12 train, 10 test) and its distance cache."""
+    root = tmp_path_factory.mktemp("run")
+    store = make_store(root / "activations.zarr", steps=STEPS, n={"train": 12, "test": 10})
+    compute_distances(store, root / "distances.zarr", client=client)
+    return root
+
+
+def test_result_holds_every_variable_and_the_resolved_preset(run_dir, client):  # noqa: F811
+    out = run_dir / "mi" / "paper.zarr"
+    preset = resolve_preset(None, "paper")
+    estimate(run_dir / "distances.zarr", preset, name="paper", out=out, client=client)
+    result = open_result(out)
+    assert result.sizes == {"split": 2, "step": 4, "layer": 3}
+    for name in LAYER_VARIABLES:
+        assert result[name].dims == ("split", "step", "layer")
+    for name in STEP_VARIABLES:
+        assert result[name].dims == ("split", "step")
+    assert result["boundary_hit"].dtype == bool
+    np.testing.assert_allclose(result["epoch"], [s / 20 for s in STEPS])
+    np.testing.assert_array_equal(result["n_samples"], [12, 10])
+    assert json.loads(result.attrs["preset"]) == preset
+    assert result.attrs["estimator"] == "paper"
+    assert result.attrs["run"] == "seed0" and result.attrs["experiment"] == "tiny"
+    assert result.attrs["store"] == str((run_dir / "activations.zarr").resolve())
+    assert np.isfinite(result["I_XT"]).all() and "nan_points" not in result.attrs
+    np.testing.assert_allclose(result["sigma_x"], 8.0)
+
+
+def test_one_point_agrees_with_the_core_functions_by_hand(run_dir, client):  # noqa: F811
+    preset = resolve_preset(None, "paper")
+    result = estimate(run_dir / "distances.zarr", preset, name="paper", client=client)
+    view = open_activations(run_dir / "activations.zarr", "test")
+    gram_y = label_gram(view["y"].values[0])
+    gram_x = gaussian_gram(squared_distances(view["x"].values[0]), 8.0)
+    star = []
+    for step in range(len(STEPS)):
+        star.append(alignment_width(squared_distances(view["fc"].values[step]), gram_y)[0])
+    sigma = smooth_widths(np.array(star), 0.9)
+    point = result.sel(split="test", layer="fc")
+    np.testing.assert_allclose(point["sigma_star"], star, rtol=1e-12)
+    np.testing.assert_allclose(point["sigma"], sigma, rtol=1e-12)
+    gram_t = gaussian_gram(squared_distances(view["fc"].values[-1]), sigma[-1])
+    expected = information_plane(gram_x, gram_t[None], gram_y, 1.0)
+    for key in ("I_XT", "I_TY", "H_T", "H_XT", "H_TY"):
+        np.testing.assert_allclose(point[key][-1], expected[key][0], rtol=1e-10, atol=1e-12)
+    # the label kernel's entropy is the Shannon entropy of the class histogram
+    counts = np.bincount(view["y"].values[0])
+    p = counts / counts.sum()
+    np.testing.assert_allclose(result["H_Y"].sel(split="test"), -(p * np.log2(p)).sum())
+
+
+def test_cache_and_store_sources_give_the_same_result(run_dir, client):  # noqa: F811
+    preset = resolve_preset(None, "paper-alpha1.01")
+    from_cache = estimate(run_dir / "distances.zarr", preset, name="p", client=client)
+    from_store = estimate(run_dir / "activations.zarr", preset, name="p", client=client)
+    xr.testing.assert_allclose(
+        from_cache.drop_attrs(), from_store.drop_attrs(), rtol=1e-10, atol=1e-10
+    )
+
+
+def test_distance_presets_never_open_the_store(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "activations.zarr", steps=(0, 10), n=8)
+    cache = tmp_path / "distances.zarr"
+    compute_distances(store, cache, client=client)
+    moved = store.rename(tmp_path / "elsewhere.zarr")  # the store is gone from its path
+    for name in ("paper", "silverman", "fixed-example"):
+        result = estimate(cache, resolve_preset(None, name), name=name, client=client)
+        assert np.isfinite(result["I_TY"]).all()
+    multivariate = resolve_preset(None, "multivariate")
+    with pytest.raises(StoreError, match="--store"):
+        estimate(cache, multivariate, name="multivariate", client=client)
+    result = estimate(cache, multivariate, name="multivariate", store=moved, client=client)
+    assert result.attrs["store"] == str(moved.resolve())
+    assert np.isfinite(result["I_XT"]).all()
+
+
+def test_multivariate_with_one_shared_width_is_the_tensor_kernel(run_dir, client):  # noqa: F811
+    cache = run_dir / "distances.zarr"
+    shared = {"rule": "fixed", "sigma": 3.0}
+    tensor = {"kernel": "tensor", "layer_width": shared}
+    channels = {"kernel": "multivariate", "channel_width": shared}
+    a = estimate(cache, tensor, name="t", client=client)
+    b = estimate(cache, channels, name="m", client=client)
+    for key in ("I_XT", "I_TY", "H_T", "H_XT", "H_TY", "sigma"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-10)
+
+
+def test_per_channel_silverman_widths(run_dir, client):  # noqa: F811
+    from infoplane.widths import silverman_width
+
+    preset = resolve_preset(None, "multivariate")
+    result = estimate(run_dir / "distances.zarr", preset, name="mv", client=client)
+    view = open_activations(run_dir / "activations.zarr", "train")
+    conv = view["conv"].values[2]  # (N, C=2, 3, 3)
+    widths = [silverman_width(squared_distances(conv[:, c]), 9) for c in range(conv.shape[1])]
+    expected = np.mean(np.array(widths) ** -2.0) ** -0.5
+    np.testing.assert_allclose(result["sigma"].sel(split="train", layer="conv")[2], expected)
+
+
+def test_smoothing_skips_nan_points():
+    star = np.array([[1.0, 2.0], [np.nan, 4.0], [3.0, np.nan], [5.0, 8.0]])
+    smoothed = smooth_along_steps(star, 0.5)
+    np.testing.assert_allclose(smoothed[:, 0], [1.0, np.nan, 2.0, 3.5])
+    np.testing.assert_allclose(smoothed[:, 1], [2.0, 3.0, np.nan, 5.5])
+
+
+def test_diverged_points_are_nan_and_named_while_others_are_computed(tmp_path, client):  # noqa: F811
+    store = make_store(
+        tmp_path / "s.zarr", steps=(0, 10, 20), n=9, nan_points=[("test", 10, "conv")], run="seed7"
+    )
+    cache = tmp_path / "d.zarr"
+    with pytest.warns(NaNPointWarning):
+        compute_distances(store, cache, client=client)
+    for source in (cache, store):
+        with pytest.warns(NaNPointWarning, match=r"run seed7, split test, step 10, layer conv"):
+            result = estimate(source, resolve_preset(None, "paper"), name="paper", client=client)
+        bad = result["I_XT"].isnull()
+        assert bad.sum() == 1 and bool(bad.sel(split="test", step=10, layer="conv"))
+        assert np.isfinite(result["H_X"]).all()
+        assert json.loads(result.attrs["nan_points"])[0][:3] == ["test", 10, "conv"]
+        # smoothing carries on past the NaN point
+        assert np.isfinite(result["sigma"].sel(split="test", step=20, layer="conv"))
+
+
+def test_stack_runs_on_a_run_dimension(tmp_path, client):  # noqa: F811
+    preset = resolve_preset(None, "fixed-example")
+    results = []
+    for seed in (0, 1):
+        store = make_store(
+            tmp_path / f"s{seed}.zarr", steps=(0, 10), n=8, seed=seed, run=f"seed{seed}"
+        )
+        out = tmp_path / f"mi{seed}.zarr"
+        estimate(store, preset, name="fixed-example", out=out, client=client)
+        results.append(out)
+    stacked = stack_runs(results)
+    assert stacked["I_XT"].dims == ("run", "split", "step", "layer")
+    assert list(stacked["run"].values) == ["seed0", "seed1"]
+    xr.testing.assert_allclose(
+        stacked["I_TY"].sel(run="seed1", drop=True), open_result(results[1])["I_TY"]
+    )
+    assert json.loads(stacked.attrs["preset"]) == preset
+    out = tmp_path / "experiment.zarr"
+    assert main(["stack", "--out", str(out), *map(str, results), "--runs", "a", "b"]) == 0
+    assert list(open_result(out)["run"].values) == ["a", "b"]
+    other = estimate(
+        results[0].parent / "s0.zarr", resolve_preset(None, "silverman"), name="s", client=client
+    )
+    with pytest.raises(StoreError, match="different estimator presets"):
+        stack_runs([results[0], other])
+    with pytest.raises(StoreError, match="unique"):
+        stack_runs(results, runs=["a", "a"])
+
+
+def test_estimate_command_with_an_ad_hoc_preset_file(run_dir, tmp_path, capsys, client):  # noqa: F811
+    config = tmp_path / "adhoc.yaml"
+    config.write_text("estimators:\n  wide:\n    alpha: 2\n    layer_width: {rule: median}\n")
+    out = tmp_path / "mi" / "wide.zarr"
+    args = ["estimate", str(run_dir / "distances.zarr"), "--config", str(config)]
+    address = ["--scheduler-address", client.scheduler.address]
+    assert main([*args, "--estimator", "wide", "--out", str(out), *address]) == 0
+    assert "wide" in capsys.readouterr().out
+    result = open_result(out)
+    assert json.loads(result.attrs["preset"]) == resolve_preset(config, "wide")
+    assert main([*args, "--estimator", "nope", "--out", str(out), *address]) == 1
+    assert "unknown estimator preset 'nope'" in capsys.readouterr().err
+
+
+def test_bad_preset_is_rejected_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"layer_width\.rule"):
+        estimate(tmp_path / "nothing.zarr", {"layer_width": {"rule": "magic"}}, name="bad")
+
+
+def test_unfinished_cache_is_refused(tmp_path):
+    import zarr
+
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=6)
+    from infoplane.distance_cache import create_cache, read_store_plan
+
+    create_cache(tmp_path / "d.zarr", read_store_plan(store))
+    zarr.open_group(str(tmp_path / "d.zarr"), mode="r+")["train"]["done"][0] = True
+    with pytest.raises(StoreError, match=r"split train: steps 10 are not computed"):
+        estimate(tmp_path / "d.zarr", resolve_preset(None, "paper"), name="paper")

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+
+from infoplane.errors import ConfigError
+from infoplane.presets import (
+    BUILTIN_PRESETS,
+    available_presets,
+    needs_activations,
+    preset_from_json,
+    preset_to_json,
+    resolve_preset,
+    validate_preset,
+)
+
+
+def test_paper_preset_is_the_papers_estimator():
+    preset = resolve_preset(None, "paper")
+    assert preset == {
+        "kernel": "tensor",
+        "alpha": 1.0,
+        "input_width": {"rule": "fixed", "sigma": 8.0},
+        "label_kernel": "indicator",
+        "layer_width": {"rule": "alignment", "grid": "linear", "points": 100, "smoothing": 0.9},
+    }
+    assert resolve_preset(None, "paper-alpha1.01")["alpha"] == 1.01
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_PRESETS))
+def test_every_builtin_resolves_and_round_trips_through_json(name):
+    preset = resolve_preset(None, name)
+    assert preset_from_json(preset_to_json(preset)) == preset
+    assert validate_preset(preset, name) == preset  # resolving is idempotent
+
+
+def test_multivariate_needs_the_activations_and_others_do_not():
+    assert needs_activations(resolve_preset(None, "multivariate"))
+    assert resolve_preset(None, "multivariate")["channel_width"] == {"rule": "silverman"}
+    assert not any(
+        needs_activations(resolve_preset(None, n)) for n in BUILTIN_PRESETS if n != "multivariate"
+    )
+
+
+def test_defaults_are_filled():
+    preset = resolve_preset(
+        {"estimators": {"mine": {"layer_width": {"rule": "alignment"}}}}, "mine"
+    )
+    assert preset["alpha"] == 1.0
+    assert preset["input_width"] == {"rule": "fixed", "sigma": 8.0}
+    assert preset["layer_width"] == {
+        "rule": "alignment",
+        "grid": "linear",
+        "points": 100,
+        "smoothing": 0.9,
+    }
+
+
+def test_config_presets_shadow_builtins_and_resolving_does_not_mutate():
+    config = {"estimators": {"paper": {"alpha": 2.0, "layer_width": {"rule": "median"}}}}
+    before = json.dumps(config, sort_keys=True)
+    preset = resolve_preset(config, "paper")
+    assert preset["alpha"] == 2.0 and preset["layer_width"] == {"rule": "median"}
+    assert json.dumps(config, sort_keys=True) == before
+    assert BUILTIN_PRESETS["paper"]["alpha"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("preset", "words"),
+    [
+        ({"kernel": "gauss"}, ["kernel", "tensor", "multivariate"]),
+        ({"alpha": 0}, ["alpha", "> 0"]),
+        ({"alpha": "one"}, ["alpha"]),
+        ({"input_width": {"rule": "fixed"}}, ["input_width.sigma", "required"]),
+        ({"input_width": {"rule": "alignment"}}, ["input_width.rule", "silverman", "median"]),
+        ({"label_kernel": "rbf"}, ["label_kernel", "indicator"]),
+        ({"layer_width": {"rule": "alignment", "grid": "cubic"}}, ["layer_width.grid", "log"]),
+        ({"layer_width": {"rule": "alignment", "smoothing": 1.0}}, ["smoothing", "[0, 1)"]),
+        ({"layer_width": {"rule": "alignment", "points": 1}}, ["points", ">= 2"]),
+        ({"layer_width": {"rule": "fixed", "sigma": -1}}, ["layer_width.sigma", "> 0"]),
+        ({"layer_width": {"rule": "silverman", "sigma": 2}}, ["layer_width", "sigma"]),
+        ({"widths": {}}, ["widths", "kernel", "alpha"]),
+        ({"kernel": "multivariate", "layer_width": {"rule": "median"}}, ["channel_width"]),
+        ({"channel_width": {"rule": "median"}}, ["channel_width", "multivariate"]),
+        ({"kernel": "multivariate", "channel_width": {"rule": "alignment"}}, ["channel_width"]),
+    ],
+)
+def test_bad_presets_name_the_key_and_the_allowed_values(preset, words):
+    with pytest.raises(ConfigError) as info:
+        validate_preset(preset, "bad")
+    message = str(info.value)
+    assert "bad" in message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_name_lists_the_available_presets():
+    with pytest.raises(ConfigError, match=r"paper-alpha1\.01") as info:
+        resolve_preset({"estimators": {"mine": {}}}, "nope")
+    assert "mine" in str(info.value)
+
+
+def test_presets_from_yaml_and_json_files(tmp_path):
+    yaml_file = tmp_path / "config.yaml"
+    yaml_file.write_text(
+        "experiments: {}\nestimators:\n  quick:\n    alpha: 2\n    layer_width: {rule: scott}\n",
+        encoding="utf-8",
+    )
+    assert resolve_preset(yaml_file, "quick")["layer_width"] == {"rule": "scott"}
+    assert resolve_preset(str(yaml_file), "quick")["alpha"] == 2.0
+    json_file = tmp_path / "adhoc.json"
+    json_file.write_text(json.dumps({"wide": {"layer_width": {"rule": "fixed", "sigma": 50}}}))
+    assert resolve_preset(json_file, "wide")["layer_width"] == {"rule": "fixed", "sigma": 50.0}
+    assert available_presets(json_file)[0] == "wide"
+    assert "paper" in available_presets(json_file)
+
+
+def test_missing_or_broken_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_preset(tmp_path / "nope.yaml", "paper")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"broken\.json"):
+        resolve_preset(broken, "paper")
