@@ -1,0 +1,226 @@
+"""Squared Euclidean (Frobenius) distances between samples, by the Gram identity.
+
+``d2[i, j] = ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩`` on the flattened samples: one symmetric rank-k update
+(GEMM/SYRK) per block of features, never an ``N × N × D`` intermediate. Blocks are cast to float64
+(and shifted by sample 0, which removes most of the cancellation of the identity) in a reusable
+buffer, so the memory is O(N² + N·block) whatever the width of the layer.
+
+This module also holds the input checks shared by the numerical core.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from infoplane.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "channel_squared_distances",
+    "check_square_stack",
+    "squared_distances",
+    "squared_distances_torch",
+]
+
+# Features per block, the largest of: 4096 (at large N each pass over the N×N accumulator is
+# paid for by enough arithmetic; measured best at N = 1000), 2 MiB of float64 (tiny N), and
+# ~50 MFLOP per BLAS call capped at 8 MiB (at small N the cost of waking the BLAS threads stays
+# small). N = 100 gives 5000 features (4 MB), N = 1000 gives 4096 (33 MB).
+_BLOCK_ELEMENTS = 1 << 18
+_MIN_BLOCK = 4096
+_BLOCK_FLOPS = 5e7
+_MAX_BLOCK_ELEMENTS = 1 << 20  # 8 MiB: the cap of the last rule
+
+
+def _block_features(n: int, d: int, block_size: int | None) -> int:
+    if block_size is not None:
+        if int(block_size) < 1:
+            raise InputError(f"block_size must be a positive integer, got {block_size!r}")
+        return min(int(block_size), max(d, 1))
+    by_flops = min(int(_BLOCK_FLOPS / n**2), _MAX_BLOCK_ELEMENTS // n)
+    return min(max(d, 1), max(_MIN_BLOCK, _BLOCK_ELEMENTS // n, by_flops))
+
+
+def _flatten_samples(x: Any, what: str = "x") -> np.ndarray:
+    """Validate ``x`` of shape (N, ...) and return an (N, D) view of it."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise InputError(f"{what} must have a leading sample axis, got a scalar")
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"{what} must hold real numbers, got dtype {x.dtype}")
+    n = x.shape[0]
+    if n < 2:
+        raise InputError(
+            f"{what} has {n} sample(s) along axis 0; distances need at least 2 samples"
+        )
+    return x.reshape(n, -1)
+
+
+def _nonfinite_message(bad: np.ndarray, n: int, what: str) -> str:
+    """Message naming the samples ``bad`` (indices) that hold NaN or Inf."""
+    shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+    if bad.size == 0:  # finite entries whose squares overflow float64
+        return f"{what} has entries too large to square in float64 (|x| > 1e150); rescale it"
+    return (
+        f"{what} contains NaN or Inf in sample(s) {shown} ({bad.size} of {n}); "
+        "the activations are not usable (a diverged run?) - check the run that produced them"
+    )
+
+
+def _finish(gram: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Turn an exactly symmetric Gram matrix into squared distances, in place.
+
+    ‖x_i‖² + ‖x_j‖² is formed first (an exactly symmetric outer sum) so that the result is
+    exactly symmetric too; the diagonal is set to 0 and rounding negatives are clipped.
+    """
+    sq = np.diagonal(gram).copy()
+    np.add.outer(sq, sq, out=scratch)
+    gram *= -2.0
+    gram += scratch
+    np.fill_diagonal(gram, 0.0)
+    np.maximum(gram, 0.0, out=gram)
+    return gram
+
+
+def squared_distances(x: Any, *, block_size: int | None = None) -> np.ndarray:
+    """Squared Euclidean distances between the flattened samples of ``x``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, ...)
+        Samples along axis 0; any trailing shape (a conv map ``C × H × W`` is flattened, which makes
+        the distance the Frobenius distance between activation tensors). float32 or float64.
+    block_size : int, optional
+        Features per block of the float64 accumulation (memory N·block·8 bytes); the default
+        is 4096 or more, chosen for speed.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, N), float64
+        Symmetric, zero diagonal, non-negative.
+
+    Raises
+    ------
+    InputError
+        For fewer than 2 samples, non-numeric input, or NaN/Inf entries.
+    """
+    flat = _flatten_samples(x)
+    n, d = flat.shape
+    gram = np.zeros((n, n))
+    product = np.empty((n, n))
+    if d:
+        block = _block_features(n, d, block_size)
+        buf = np.empty((n, block))
+        # NaN/Inf are detected once, on the diagonal of the result, instead of by a separate pass.
+        with np.errstate(invalid="ignore", over="ignore"):
+            for start in range(0, d, block):
+                part = buf[:, : min(block, d - start)]
+                np.copyto(part, flat[:, start : start + block])
+                # Subtracting sample 0 leaves the distances unchanged but shrinks the norms the
+                # identity subtracts from each other (less cancellation), at the cost of one
+                # pass over a block that is in cache anyway.
+                part -= part[0].copy()
+                # part @ part.T is one symmetric rank-k update: numpy hands it to BLAS SYRK and
+                # mirrors the triangle, so every partial product is exactly symmetric.
+                np.matmul(part, part.T, out=product)
+                gram += product
+    if not np.isfinite(np.diagonal(gram)).all():  # NaN/Inf anywhere reach the row's norm
+        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        raise InputError(_nonfinite_message(bad, n, "x"))
+    return _finish(gram, product)
+
+
+def channel_squared_distances(x: Any, *, block_size: int | None = None) -> np.ndarray:
+    """Per-channel squared distances for the multivariate (channel-wise) kernel.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, ...)
+        Samples along axis 0, channels along axis 1.
+    block_size : int, optional
+        As for :func:`squared_distances`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (C, N, N), float64
+        ``out[c]`` are the squared distances of channel ``c``; their sum over ``c`` equals
+        :func:`squared_distances` of ``x``.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise InputError(f"x must have shape (N, C, ...) for channel distances, got {x.shape}")
+    return np.stack([squared_distances(x[:, c], block_size=block_size) for c in range(x.shape[1])])
+
+
+def squared_distances_torch(x: torch.Tensor, *, block_size: int | None = None) -> torch.Tensor:
+    """Torch twin of :func:`squared_distances`: float64 result on ``x.device``.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N, ...)
+        Samples along axis 0, any real dtype, on any device.
+    block_size : int, optional
+        Features per float64 block.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, N), float64
+    """
+    import torch
+
+    if x.ndim == 0:
+        raise InputError("x must have a leading sample axis, got a scalar")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise InputError(f"x must hold real numbers, got dtype {x.dtype}")
+    n = x.shape[0]
+    if n < 2:
+        raise InputError(f"x has {n} sample(s) along axis 0; distances need at least 2 samples")
+    flat = x.reshape(n, -1)
+    d = flat.shape[1]
+    gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
+    if d:
+        # Larger default blocks than on the numpy path: fewer kernel launches on a GPU.
+        default = max(_MIN_BLOCK, (1 << 22) // n)
+        block = _block_features(n, d, block_size if block_size is not None else default)
+        for start in range(0, d, block):
+            part = flat[:, start : start + block].to(torch.float64)
+            part = part - part[0]  # out of place: x itself may already be float64
+            gram.addmm_(part, part.T)
+    sq = torch.diagonal(gram).clone()
+    if not bool(torch.isfinite(sq).all()):
+        bad = (~torch.isfinite(flat).all(dim=1)).nonzero().flatten().cpu().numpy()
+        raise InputError(_nonfinite_message(bad, n, "x"))
+    d2 = sq[:, None] + sq[None, :] - 2.0 * gram
+    d2 = torch.triu(d2, 1)
+    d2 = d2 + d2.T
+    return d2.clamp_(min=0.0)
+
+
+def check_square_stack(a: Any, what: str, *, min_n: int = 2) -> np.ndarray:
+    """Validate a stack of square matrices (..., N, N) and return it as float64.
+
+    Raises :class:`InputError` naming ``what`` when the array is not a finite, real stack of
+    square matrices with at least ``min_n`` rows.
+    """
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{what} must hold real numbers, got dtype {a.dtype}")
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise InputError(f"{what} must be a stack of square matrices (..., N, N), got {a.shape}")
+    if a.shape[-1] < min_n:
+        raise InputError(
+            f"{what} is {a.shape[-1]}×{a.shape[-1]}; at least {min_n} samples are needed"
+        )
+    a = np.asarray(a, dtype=np.float64)
+    # A sum is one pass without a temporary; NaN and ±Inf reach it (as may a finite overflow,
+    # which the exact test then clears).
+    if not np.isfinite(a.sum()) and not np.isfinite(a).all():
+        raise InputError(
+            f"{what} contains NaN or Inf; it was computed from unusable activations "
+            "(a diverged run?) - recompute it from finite data"
+        )
+    return a

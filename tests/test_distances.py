@@ -1,0 +1,147 @@
+import tracemalloc
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from infoplane.distances import (
+    channel_squared_distances,
+    squared_distances,
+    squared_distances_torch,
+)
+from infoplane.errors import InputError
+
+torch = pytest.importorskip("torch")
+
+
+def _assert_distance_matrix(d2: np.ndarray, n: int) -> None:
+    assert d2.shape == (n, n)
+    assert d2.dtype == np.float64
+    np.testing.assert_array_equal(d2, d2.T)
+    np.testing.assert_array_equal(np.diagonal(d2), 0.0)
+    assert (d2 >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (7, 5), (7, 3, 4, 4), (7, 2, 1, 3, 5)])
+@pytest.mark.parametrize("block_size", [None, 1, 3, 1000])
+def test_matches_broadcast_reference(rng, dtype, shape, block_size):
+    x = rng.standard_normal(shape).astype(dtype)
+    d2 = squared_distances(x, block_size=block_size)
+    expected = ref.squared_distances(x)
+    _assert_distance_matrix(d2, shape[0])
+    np.testing.assert_allclose(d2, expected, rtol=1e-12, atol=1e-12 * expected.max())
+
+
+def test_wide_conv_map_matches_reference(rng):
+    # 64 × 32 × 32 = 65536 features, as VGG-16's first conv layers; several default blocks.
+    x = np.maximum(rng.standard_normal((6, 64, 32, 32), dtype=np.float32), 0)
+    np.testing.assert_allclose(squared_distances(x), ref.squared_distances(x), rtol=1e-11)
+
+
+def test_accumulates_in_float64_not_float32(rng):
+    # A large common offset and many features: a float32 Gram identity would lose every digit.
+    x = (300.0 + rng.standard_normal((5, 40000))).astype(np.float32)
+    expected = ref.squared_distances(x)
+    np.testing.assert_allclose(squared_distances(x), expected, rtol=1e-9)
+    flat = x.reshape(5, -1)
+    gram32 = flat @ flat.T
+    sq32 = np.diagonal(gram32)
+    naive32 = sq32[:, None] + sq32[None, :] - 2 * gram32
+    assert np.abs(naive32 - expected).max() > 1e-3 * expected.max()  # the failure mode exists
+
+
+def test_memory_stays_near_n_squared_plus_block(rng):
+    x = rng.standard_normal((50, 64, 32, 32), dtype=np.float32)  # an N×N×D array would be 1.3 GB
+    tracemalloc.start()
+    try:
+        squared_distances(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 2**20  # the N×N result, an 8 MiB block buffer and small change
+
+
+def test_integer_input_and_constant_input():
+    x = np.arange(12).reshape(4, 3)
+    np.testing.assert_array_equal(squared_distances(x), ref.squared_distances(x))
+    np.testing.assert_array_equal(squared_distances(np.full((5, 3, 2), 2.5)), np.zeros((5, 5)))
+
+
+def test_input_is_not_modified(rng):
+    x = rng.standard_normal((4, 6))
+    before = x.copy()
+    squared_distances(x)
+    squared_distances_torch(torch.from_numpy(x))
+    np.testing.assert_array_equal(x, before)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(2, 9), st.integers(1, 6)),
+        elements=st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False),
+    )
+)
+def test_property_matches_reference(x):
+    d2 = squared_distances(x)
+    expected = ref.squared_distances(x)
+    _assert_distance_matrix(d2, x.shape[0])
+    scale = max(1.0, float((x**2).sum(axis=1).max()))
+    np.testing.assert_allclose(d2, expected, rtol=1e-9, atol=1e-11 * scale)
+
+
+def test_channel_distances_sum_to_the_layer_distances(rng):
+    x = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    per_channel = channel_squared_distances(x)
+    assert per_channel.shape == (5, 6, 6)
+    for c in range(5):
+        np.testing.assert_allclose(per_channel[c], ref.squared_distances(x[:, c]), rtol=1e-12)
+    np.testing.assert_allclose(per_channel.sum(axis=0), squared_distances(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_twin_agrees_with_numpy(rng, dtype):
+    x = torch.from_numpy(rng.standard_normal((9, 4, 6, 6))).to(dtype)
+    d2_t = squared_distances_torch(x, block_size=50)
+    assert d2_t.dtype == torch.float64 and d2_t.device == x.device
+    d2 = squared_distances(x.numpy())
+    np.testing.assert_allclose(d2_t.numpy(), d2, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(torch.diagonal(d2_t).numpy(), 0.0)
+    np.testing.assert_array_equal(d2_t.numpy(), d2_t.numpy().T)
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.ones((1, 4)), "at least 2 samples"),
+        (np.ones((0, 4)), "at least 2 samples"),
+        (np.float64(3.0), "leading sample axis"),
+        (np.array([["a", "b"], ["c", "d"]]), "real numbers"),
+        (np.ones((3, 2), dtype=complex), "real numbers"),
+    ],
+)
+def test_bad_input_raises(x, match):
+    with pytest.raises(InputError, match=match):
+        squared_distances(x)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_named(rng, bad):
+    x = rng.standard_normal((6, 3, 3)).astype(np.float32)
+    x[4, 1, 2] = bad
+    with pytest.raises(InputError, match=r"NaN or Inf in sample\(s\) 4 "):
+        squared_distances(x)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        squared_distances_torch(torch.from_numpy(x))
+
+
+def test_bad_block_size_and_torch_errors():
+    with pytest.raises(InputError, match="block_size"):
+        squared_distances(np.ones((3, 3)), block_size=0)
+    with pytest.raises(InputError, match="at least 2 samples"):
+        squared_distances_torch(torch.ones(1, 3))
