@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -57,7 +59,7 @@ def test_each_broken_invariant_is_reported_with_its_point():
 @pytest.mark.parametrize(
     ("variable", "value", "invariant"),
     [
-        ("H_XT", 3.1, "H_XT <= sum of its marginals"),
+        ("H_XT", 3.1, "H_XT <= sum of marginals"),
         ("I_XT", -0.01, "I_XT >= 0"),
         ("I_TY", 1.2, "I_TY <= min of the entropies"),
         ("H_TY", -0.5, "H_TY >= 0"),
@@ -67,6 +69,20 @@ def test_single_violations(variable, value, invariant):
     ds = consistent_result()
     ds[variable].loc[{"split": "train", "step": 0, "layer": "a"}] = value
     assert invariant in {v.invariant for v in check_result(ds)}
+
+
+@pytest.mark.parametrize(("alpha", "flagged"), [(1.0, True), (0.5, True), (2.0, False)])
+def test_subadditivity_is_checked_only_where_it_is_a_theorem(alpha, flagged):
+    # for alpha > 1 the matrix-based joint entropy may exceed the sum of its marginals
+    ds = consistent_result()
+    ds.attrs["preset"] = json.dumps({"alpha": alpha})
+    point = {"split": "train", "step": 0, "layer": "a"}
+    ds["H_XT"].loc[point] = 3.05
+    ds["I_XT"].loc[point] = 2.0 + 1.0 - 3.05
+    names = {v.invariant for v in check_result(ds)}
+    assert ("H_XT <= sum of marginals" in names) is flagged
+    assert ("I_XT >= 0" in names) is flagged
+    assert "H_XT <= log2 N" in names  # the other bounds hold for every alpha
 
 
 def test_log2n_bound_uses_each_splits_probe_size():
