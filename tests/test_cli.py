@@ -17,8 +17,11 @@ def test_no_command_prints_help_and_fails(capsys):
     assert "usage" in capsys.readouterr().out
 
 
-def test_import_is_light():
+def test_import_and_help_are_light():
     heavy = "('torch', 'dask', 'zarr', 'xarray', 'matplotlib')"
-    code = f"import sys, infoplane.cli; print(any(m in sys.modules for m in {heavy}))"
+    code = (
+        "import sys, infoplane.cli; infoplane.cli.build_parser(); "
+        f"print(any(m in sys.modules for m in {heavy}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
