@@ -65,7 +65,7 @@ def test_one_point_agrees_with_the_core_functions_by_hand(run_dir, client):  # n
     star = []
     for step in range(len(STEPS)):
         star.append(alignment_width(squared_distances(view["fc"].values[step]), gram_y)[0])
-    sigma = smooth_widths(np.array(star), 0.9)
+    sigma = smooth_widths(np.array(star), 0.9, steps=STEPS)  # beta per training iteration
     point = result.sel(split="test", layer="fc")
     np.testing.assert_allclose(point["sigma_star"], star, rtol=1e-12)
     np.testing.assert_allclose(point["sigma"], sigma, rtol=1e-12)
@@ -132,6 +132,14 @@ def test_smoothing_skips_nan_points():
     smoothed = smooth_along_steps(star, 0.5)
     np.testing.assert_allclose(smoothed[:, 0], [1.0, np.nan, 2.0, 3.5])
     np.testing.assert_allclose(smoothed[:, 1], [2.0, 3.0, np.nan, 5.5])
+
+
+def test_smoothing_weights_the_past_per_iteration_between_captures():
+    star = np.array([[1.0], [3.0], [5.0]])
+    per_capture = smooth_along_steps(star, 0.5)
+    per_iteration = smooth_along_steps(star, 0.5, np.array([0, 1, 3]))
+    np.testing.assert_allclose(per_capture[:, 0], [1.0, 2.0, 3.5])
+    np.testing.assert_allclose(per_iteration[:, 0], [1.0, 2.0, 0.25 * 2.0 + 0.75 * 5.0])
 
 
 def test_diverged_points_are_nan_and_named_while_others_are_computed(tmp_path, client):  # noqa: F811

@@ -21,7 +21,13 @@ def test_paper_preset_is_the_papers_estimator():
         "alpha": 1.0,
         "input_width": {"rule": "fixed", "sigma": 8.0},
         "label_kernel": "indicator",
-        "layer_width": {"rule": "alignment", "grid": "linear", "points": 100, "smoothing": 0.9},
+        "layer_width": {
+            "rule": "alignment",
+            "grid": "linear",
+            "points": 100,
+            "smoothing": 0.9,
+            "smoothing_per": "iteration",
+        },
     }
     assert resolve_preset(None, "paper-alpha1.01")["alpha"] == 1.01
 
@@ -52,6 +58,7 @@ def test_defaults_are_filled():
         "grid": "linear",
         "points": 100,
         "smoothing": 0.9,
+        "smoothing_per": "iteration",
     }
 
 
@@ -76,6 +83,10 @@ def test_config_presets_shadow_builtins_and_resolving_does_not_mutate():
         ({"layer_width": {"rule": "alignment", "grid": "cubic"}}, ["layer_width.grid", "log"]),
         ({"layer_width": {"rule": "alignment", "smoothing": 1.0}}, ["smoothing", "[0, 1)"]),
         ({"layer_width": {"rule": "alignment", "points": 1}}, ["points", ">= 2"]),
+        (
+            {"layer_width": {"rule": "alignment", "smoothing_per": "epoch"}},
+            ["layer_width.smoothing_per", "iteration", "capture"],
+        ),
         ({"layer_width": {"rule": "fixed", "sigma": -1}}, ["layer_width.sigma", "> 0"]),
         ({"layer_width": {"rule": "silverman", "sigma": 2}}, ["layer_width", "sigma"]),
         ({"widths": {}}, ["widths", "kernel", "alpha"]),

@@ -196,6 +196,29 @@ def test_smoothing_runs_along_steps_for_every_layer(rng):
         np.testing.assert_allclose(out[:, layer], ref.smooth_widths(raw[:, layer], 0.7))
 
 
+def test_per_iteration_smoothing_equals_the_papers_average_run_every_iteration(rng):
+    # captures at iterations 0, 1, 4, 20: the per-iteration average, run over every iteration
+    # with sigma* held at the next capture's value, gives the same widths at the captures
+    steps = np.array([0, 1, 4, 20])
+    raw = rng.uniform(0.5, 5.0, (4, 3))
+    dense = np.repeat(raw, np.diff(steps, prepend=-1), axis=0)  # row i repeated up to step i
+    expected = ref.smooth_widths(dense[:, 0], 0.9)[steps]
+    out = smooth_widths(raw, 0.9, steps=steps)
+    np.testing.assert_allclose(out[:, 0], expected, rtol=1e-12)
+    # every capture one iteration apart: the same as one update per capture
+    np.testing.assert_allclose(smooth_widths(raw, 0.9, steps=np.arange(4)), smooth_widths(raw, 0.9))
+    # a long gap forgets the past: after 200 iterations the width is the new argmax
+    np.testing.assert_allclose(smooth_widths(raw[:2], 0.9, steps=[0, 200])[1], raw[1], rtol=1e-8)
+
+
+def test_per_iteration_smoothing_rejects_bad_steps(rng):
+    raw = rng.uniform(0.5, 5.0, 3)
+    with pytest.raises(InputError, match="strictly increasing"):
+        smooth_widths(raw, 0.9, steps=[0, 5, 5])
+    with pytest.raises(InputError, match="one per row"):
+        smooth_widths(raw, 0.9, steps=[0, 5])
+
+
 # --- dispatcher and errors -------------------------------------------------------------------
 
 

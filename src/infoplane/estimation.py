@@ -4,8 +4,9 @@ The work is split so that only tiny arrays travel and the step axis stays parall
 
 1. width search (only for the alignment rule with smoothing): one task per (split, step) reads
    that step's distances and returns the argmax width σ* of every layer;
-2. smoothing (on the client, cheap): σ_t = β σ_{t-1} + (1 - β) σ*_t along the captured steps of
-   each split and layer;
+2. smoothing (on the client, cheap): σ_t = w σ_{t-1} + (1 - w) σ*_t along the captured steps of
+   each split and layer, with w = β^(iterations since the previous capture) by default (the
+   paper's per-iteration average) or w = β per capture (``smoothing_per: capture``);
 3. entropies: one task per (split, step) builds the Gram matrices and returns H, I and
    diagnostics per layer.
 
@@ -393,10 +394,14 @@ def _client_or(client: Any, **cluster: Any) -> Iterator[Any]:
         yield own
 
 
-def smooth_along_steps(sigma_star: np.ndarray, beta: float) -> np.ndarray:
+def smooth_along_steps(
+    sigma_star: np.ndarray, beta: float, steps: np.ndarray | None = None
+) -> np.ndarray:
     """Smooth (S, L) widths along steps, per layer, skipping NaN points.
 
-    A NaN point (not estimable) neither resets nor poisons the average of the later steps.
+    With ``steps`` (training iterations) β applies per iteration (see
+    :func:`infoplane.widths.smooth_widths`); without, per captured step. A NaN point (not
+    estimable) neither resets nor poisons the average of the later steps.
     """
     from infoplane.widths import smooth_widths
 
@@ -404,7 +409,9 @@ def smooth_along_steps(sigma_star: np.ndarray, beta: float) -> np.ndarray:
     for layer in range(sigma_star.shape[1]):
         finite = np.isfinite(sigma_star[:, layer])
         if finite.any():
-            smoothed[finite, layer] = smooth_widths(sigma_star[finite, layer], beta)
+            smoothed[finite, layer] = smooth_widths(
+                sigma_star[finite, layer], beta, steps=None if steps is None else steps[finite]
+            )
     return smoothed
 
 
@@ -481,8 +488,10 @@ def estimate(
                 hits[split_name][k] = result["boundary_hit"]
                 step = int(split_steps[split_name].steps[k])
                 failures.update((split_name, step, layer, why) for layer, why in result["failures"])
+            per_iteration = rule.get("smoothing_per", "iteration") == "iteration"
             for split_name, values in sigma_star.items():
-                sigmas[split_name] = smooth_along_steps(values, rule["smoothing"])
+                steps = split_steps[split_name].steps if per_iteration else None
+                sigmas[split_name] = smooth_along_steps(values, rule["smoothing"], steps)
         calls, names, where = [], [], []
         for split in split_steps.values():
             for k, (step, index) in enumerate(zip(split.steps, split.index, strict=True)):

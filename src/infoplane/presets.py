@@ -27,6 +27,7 @@ INPUT_RULES = ("fixed", "silverman", "scott", "median")
 LAYER_RULES = ("alignment", "fixed", "silverman", "scott", "median")
 CHANNEL_RULES = ("fixed", "silverman", "scott", "median")
 GRIDS = ("linear", "log")
+SMOOTHING_UNITS = ("iteration", "capture")
 
 # Defaults are the paper's estimator (PAPER_NOTES §2.3 and §3.2).
 DEFAULT_ALPHA = 1.0
@@ -36,6 +37,7 @@ DEFAULT_ALIGNMENT: dict[str, Any] = {
     "grid": "linear",
     "points": 100,
     "smoothing": 0.9,
+    "smoothing_per": "iteration",
 }
 DEFAULT_CHANNEL_WIDTH: dict[str, Any] = {"rule": "silverman"}
 
@@ -129,7 +131,7 @@ def _width_rule(
             raise _fail(name, f"{key}.sigma", "is required by rule fixed (a width > 0)")
         return {"rule": "fixed", "sigma": _positive(name, f"{key}.sigma", value["sigma"])}
     if rule == "alignment":
-        _check_keys(name, key, value, ("rule", "grid", "points", "smoothing"))
+        _check_keys(name, key, value, ("rule", "grid", "points", "smoothing", "smoothing_per"))
         grid = _choice(name, f"{key}.grid", value.get("grid", DEFAULT_ALIGNMENT["grid"]), GRIDS)
         points = value.get("points", DEFAULT_ALIGNMENT["points"])
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
@@ -139,7 +141,19 @@ def _width_rule(
         )
         if not 0.0 <= beta < 1.0:
             raise _fail(name, f"{key}.smoothing", f"must lie in [0, 1), got {beta!r}")
-        return {"rule": "alignment", "grid": grid, "points": points, "smoothing": beta}
+        unit = _choice(
+            name,
+            f"{key}.smoothing_per",
+            value.get("smoothing_per", DEFAULT_ALIGNMENT["smoothing_per"]),
+            SMOOTHING_UNITS,
+        )
+        return {
+            "rule": "alignment",
+            "grid": grid,
+            "points": points,
+            "smoothing": beta,
+            "smoothing_per": unit,
+        }
     _check_keys(name, key, value, ("rule",))
     return {"rule": rule}
 

@@ -406,15 +406,23 @@ def alignment_width(
     return sigma, hit
 
 
-def smooth_widths(sigmas: Any, beta: float) -> np.ndarray:
-    """Exponential smoothing along axis 0 (steps): s_0 = s*_0, s_t = β·s_{t−1} + (1 − β)·s*_t.
+def smooth_widths(sigmas: Any, beta: float, *, steps: Any = None) -> np.ndarray:
+    """Exponential smoothing along axis 0 (steps): s_0 = s*_0, s_t = w_t·s_{t−1} + (1 − w_t)·s*_t.
+
+    Without ``steps``, w_t = β at every row (one update per capture). With ``steps`` (the training
+    iteration of each row), w_t = β^(steps_t − steps_{t−1}): the paper's per-iteration average
+    s ← β·s + (1 − β)·s*, run over every iteration between two captures with s* held at the new
+    capture's value. Captured at every iteration, both forms are the paper's; on a sparse schedule
+    only the second keeps the average's memory (about 1/(1 − β) iterations) independent of it.
 
     Parameters
     ----------
     sigmas : array_like, shape (T, ...)
         Per-step widths s*_t (e.g. argmax widths), steps in capture order.
     beta : float
-        Weight of the past in [0, 1] (paper: 0.9; 0 returns the input).
+        Weight of the past in [0, 1] (paper: 0.9 per iteration; 0 returns the input).
+    steps : array_like of int, shape (T,), optional
+        Strictly increasing training iterations of the rows.
 
     Returns
     -------
@@ -428,10 +436,20 @@ def smooth_widths(sigmas: Any, beta: float) -> np.ndarray:
     b = float(beta)
     if not 0.0 <= b <= 1.0:
         raise InputError(f"smoothing beta must lie in [0, 1], got {beta!r}")
+    if steps is None:
+        weights = np.full(s.shape[0], b)
+    else:
+        gaps = np.diff(np.asarray(steps, dtype=np.float64))
+        if gaps.shape != (s.shape[0] - 1,) or not (gaps > 0).all():
+            raise InputError(
+                f"steps must be {s.shape[0]} strictly increasing iterations, one per row of "
+                f"sigmas; got {np.asarray(steps).tolist()}"
+            )
+        weights = np.concatenate([[b], b**gaps])
     out = np.empty_like(s)
     out[0] = s[0]
     for t in range(1, s.shape[0]):
-        out[t] = b * out[t - 1] + (1.0 - b) * s[t]
+        out[t] = weights[t] * out[t - 1] + (1.0 - weights[t]) * s[t]
     return out
 
 
