@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from importlib.util import find_spec
 from pathlib import Path
@@ -134,6 +136,18 @@ def test_plain_xarray_reads_it_without_warnings(full_store):
     assert set(ds.coords) == {"step", "epoch"}
     assert ds.captured.values.all()
     assert ds.fc.sizes == {"step": len(STEPS), "sample": N["test"], "fc_dim0": 4}
+
+
+def test_snakemakes_marker_file_in_a_store_raises_no_warning(full_store):
+    # Snakemake leaves `.snakemake_timestamp` in directory outputs; zarr warns about it
+    (full_store / ".snakemake_timestamp").touch()
+    code = (
+        "import sys; from infoplane.store import open_activations, validate_store; "
+        "open_activations(sys.argv[1], 'test'); assert validate_store(sys.argv[1]) == []"
+    )
+    subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code, str(full_store)], check=True
+    )
 
 
 def test_float16_activations(tmp_path):
