@@ -46,6 +46,9 @@ STOP_PROBE = "early_stop_epoch (test probe, per capture)"
 # moving-average window, in captures (captures are every 5 iterations in epoch 1, then per epoch)
 WINDOW = 3
 MAX_BYTES = 300_000
+# presets of the tensor kernel whose compression and timing are tabulated (width smoothing per
+# training iteration, per capture, none)
+TENSOR_PRESETS = ("paper", "paper-per-capture", "paper-unsmoothed")
 COPIED = {
     "information_plane_train.png": "ip_train",
     "information_plane_test.png": "ip_test",
@@ -456,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds = seeds_of(mi)
             checks.append({"experiment": label, "preset": preset, **check_counts(mi)})
             tables = compression_tables(mi)
-            if preset in ("paper", "paper-unsmoothed"):
+            if preset in TENSOR_PRESETS:
                 compression.setdefault(preset, {})[label] = tables
             summary["compression"].append(f"\n### {label}, `{preset}` ({len(seeds)} seeds)\n")
             summary["compression"].append(markdown(compact_compression(tables), digits=2))
@@ -466,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             details.append(f"\n### {label}, `{preset}`: end of training (mean over seeds)\n")
             details.append(markdown(end_of_training(mi)))
             plots = results / name / "plots" / preset
-            if preset in ("paper", "paper-unsmoothed"):
+            if preset in TENSOR_PRESETS:
                 test_acc = analysis.metrics_array(metrics(results, name, seeds), split="test")
                 probe = probe_accuracy(results, name, seeds, "test")
                 timing = timing_table(mi, test_acc, probe)
@@ -494,8 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 training = results / name / "plots" / "training.png"
                 if training.exists() and name not in SAME_TRAINING:
                     copy_figure(training, out / f"{name}_training.png")
-            elif (plots / "mi_epoch.png").exists():
-                copy_figure(plots / "mi_epoch.png", out / f"{name}_{preset}_mi_epoch.png")
+            else:
+                # the lag of per-capture smoothing shows in its widths
+                extra = ("mi_epoch", "widths") if preset == "paper-per-capture" else ("mi_epoch",)
+                for short in extra:
+                    if (plots / f"{short}.png").exists():
+                        copy_figure(plots / f"{short}.png", out / f"{name}_{preset}_{short}.png")
 
     compression_figure(compression, out / "compression.png")
     timing_figure(results, exps, out / "early_stopping.png")
