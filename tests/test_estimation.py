@@ -1,4 +1,5 @@
 import json
+import operator
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from infoplane.errors import ConfigError, StoreError
 from infoplane.estimation import (
     LAYER_VARIABLES,
     STEP_VARIABLES,
+    _batch_size,
+    _run_batched,
     estimate,
     open_result,
     smooth_along_steps,
@@ -132,6 +135,14 @@ def test_smoothing_skips_nan_points():
     smoothed = smooth_along_steps(star, 0.5)
     np.testing.assert_allclose(smoothed[:, 0], [1.0, np.nan, 2.0, 3.5])
     np.testing.assert_allclose(smoothed[:, 1], [2.0, 3.0, np.nan, 5.5])
+
+
+def test_batched_tasks_return_every_call_in_order(client):  # noqa: F811
+    calls = [(i, 100 * i) for i in range(11)]
+    names = [f"train-{i}" for i in range(11)]
+    assert _batch_size(client, len(calls)) > 1  # steps really travel in batches here
+    results = _run_batched(client, operator.add, calls, label="t", names=names)
+    assert results == [a + b for a, b in calls]
 
 
 def test_smoothing_weights_the_past_per_iteration_between_captures():

@@ -10,6 +10,9 @@ The work is split so that only tiny arrays travel and the step axis stays parall
 3. entropies: one task per (split, step) builds the Gram matrices and returns H, I and
    diagnostics per layer.
 
+Steps are cheap (tens of milliseconds), so consecutive steps travel to the workers in batches
+(about two per worker thread and round).
+
 Both task kinds read either the distance cache (the fast path; the activation store is never
 opened for a preset that needs only distances) or, without a cache, the activation store itself
 (distances are then computed on the fly and not kept).
@@ -394,6 +397,48 @@ def _client_or(client: Any, **cluster: Any) -> Iterator[Any]:
         yield own
 
 
+# tasks per worker thread in each round: a step costs only tens of milliseconds, so one task per
+# step would spend as much time in dispatch and result transfer as in the work itself
+_TASKS_PER_THREAD = 2
+
+
+def run_batch(fn: Any, calls: Sequence[tuple]) -> list[Any]:
+    """Task: ``fn(*args)`` for every ``args`` in ``calls``, in order, in one worker call."""
+    return [fn(*args) for args in calls]
+
+
+def _batch_size(client: Any, n_calls: int) -> int:
+    """Calls per task: about ``_TASKS_PER_THREAD`` tasks per worker thread; 1 without workers."""
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:  # an unusual client (no scheduler query): keep one call per task
+        threads = 0
+    if threads <= 0:
+        return 1
+    return max(1, -(-n_calls // (_TASKS_PER_THREAD * threads)))
+
+
+def _run_batched(
+    client: Any, fn: Any, calls: Sequence[tuple], *, label: str, names: Sequence[str]
+) -> list[Any]:
+    """:func:`infoplane.cluster.run_tasks` over batches of consecutive calls; results per call."""
+    from infoplane.cluster import run_tasks
+
+    size = _batch_size(client, len(calls))
+    if size == 1:
+        return run_tasks(client, fn, calls, label=label, names=names)
+    starts = range(0, len(calls), size)
+    batches = [(fn, list(calls[a : a + size])) for a in starts]
+    batch_names = [
+        names[a]
+        if len(calls[a : a + size]) == 1
+        else f"{names[a]}..{names[min(a + size, len(calls)) - 1]}"
+        for a in starts
+    ]
+    results = run_tasks(client, run_batch, batches, label=label, names=batch_names)
+    return [value for batch in results for value in batch]
+
+
 def smooth_along_steps(
     sigma_star: np.ndarray, beta: float, steps: np.ndarray | None = None
 ) -> np.ndarray:
@@ -465,8 +510,6 @@ def estimate(
         "scheduler_address": scheduler_address,
         "cluster_config": cluster_config,
     }
-    from infoplane.cluster import run_tasks
-
     with _client_or(client, **cluster) as active:
         sigma_star: dict[str, np.ndarray] = {}
         hits: dict[str, np.ndarray] = {}
@@ -478,7 +521,7 @@ def estimate(
                     calls.append((src, split.split, int(index), rule))
                     names.append(f"{split.split}-{step}")
                     where.append((split.split, k))
-            results = run_tasks(active, select_widths_task, calls, label="widths", names=names)
+            results = _run_batched(active, select_widths_task, calls, label="widths", names=names)
             for split in split_steps.values():
                 shape = (len(split.steps), len(src.layers))
                 sigma_star[split.split] = np.full(shape, np.nan)
@@ -500,7 +543,7 @@ def estimate(
                 calls.append((src, split.split, int(index), store_index, preset, sigma))
                 names.append(f"{split.split}-{step}")
                 where.append((split.split, k))
-        results = run_tasks(active, estimate_step_task, calls, label="estimate", names=names)
+        results = _run_batched(active, estimate_step_task, calls, label="estimate", names=names)
 
     for (split_name, k), result in zip(where, results, strict=True):
         step = int(split_steps[split_name].steps[k])
