@@ -23,14 +23,13 @@ little pixel noise), since no CIFAR-10 copy is assumed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 from torch import nn
 
 from infoplane import store
@@ -84,15 +83,6 @@ def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> None:
         for chunk in inputs.split(50):
             model(chunk)
     model.eval()
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def new_store(path: Path, acts: dict[str, np.ndarray], n: int, steps: int, dtype: str):
@@ -154,8 +144,8 @@ def main() -> None:
     print(f"recorded {len(acts)} layers ({len(layers)} hidden + softmax), {raw_mb:.1f} MiB float32")
 
     with tempfile.TemporaryDirectory() as tmp:
-        t_forward = median_time(forward, args.repeats)
-        t_capture = median_time(lambda: capture_activations(model, x, layers), args.repeats)
+        t_forward = median_seconds(forward, args.repeats)
+        t_capture = median_seconds(lambda: capture_activations(model, x, layers), args.repeats)
         writer = new_store(Path(tmp) / "timing.zarr", acts, args.n, args.repeats, "float32")
         steps = iter(range(args.repeats))
         x_np = inputs.numpy()
@@ -163,7 +153,7 @@ def main() -> None:
         def write() -> None:
             writer.write("train", next(steps), index=index, x=x_np, y=labels, activations=acts)
 
-        t_write = median_time(write, args.repeats)
+        t_write = median_seconds(write, args.repeats)
         print()
         print(f"probe forward alone        {t_forward * 1e3:8.1f} ms")
         print(

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import median_seconds
 
 VGG16_LAYERS: dict[str, tuple[int, ...]] = {
     "conv1_1": (64, 32, 32),
@@ -181,15 +182,6 @@ def timed_on_workers(client, fn, repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="steps of the timing store")
@@ -217,8 +209,8 @@ def main() -> None:
             f"written in {time.perf_counter() - start:.1f} s"
         )
         print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
-        floor = timed(lambda: floor_seconds(store, 1), args.repeats)
-        floor_all = timed(lambda: floor_seconds(store), args.repeats)
+        floor = median_seconds(lambda: floor_seconds(store, 1), args.repeats)
+        floor_all = median_seconds(lambda: floor_seconds(store), args.repeats)
         print(
             f"floor (read + distance GEMMs, 1 process): {floor:.2f} s with 1 BLAS thread, "
             f"{floor_all:.2f} s with the default BLAS threads"
@@ -240,18 +232,18 @@ def main() -> None:
                     args.repeats,
                 )
                 if workers == 2:
-                    first = timed(
+                    first = median_seconds(
                         lambda c=client: (
                             compute_distances(store, cache, overwrite=True, client=c),
                             estimate(cache, paper, name="paper", client=c),
                         ),
                         args.repeats,
                     )
-                    again = timed(
+                    again = median_seconds(
                         lambda c=client: estimate(cache, second, name="alpha", client=c),
                         args.repeats,
                     )
-                    again_fixed = timed(
+                    again_fixed = median_seconds(
                         lambda c=client: estimate(cache, fixed, name="fixed", client=c),
                         args.repeats,
                     )
