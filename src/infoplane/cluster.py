@@ -260,7 +260,7 @@ def run_tasks(
                 log.error("%s: %d of %d tasks failed", label, len(failed), len(futures))
             first.result()  # re-raises the task's own exception, with its message
             raise RuntimeError(f"{label} task {first_name} ended in state {first.status}")
-        return [f.result() for f in futures]
+        return client.gather(futures)  # one round trip for every result
     finally:
         for future in futures:
             future.release()
