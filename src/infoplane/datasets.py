@@ -298,8 +298,7 @@ def load_mnist(
         classes=10,
         description={
             "source": source,
-            "files": _expected_digests(wanted, sha256),
-            "location": str(path) if path is not None else _base_url("mnist", url, MNIST_URL),
+            **_file_provenance("mnist", wanted, sha256, path, url, MNIST_URL),
             "normalize": normalize,
             "split": _split_record(test, train_size, split_seed),
         },
@@ -358,8 +357,7 @@ def load_cifar10(
         classes=10,
         description={
             "source": "cifar-10 binary",
-            "files": _expected_digests((CIFAR10_ARCHIVE,), sha256),
-            "location": str(path) if path is not None else _base_url("cifar10", url, CIFAR10_URL),
+            **_file_provenance("cifar10", (CIFAR10_ARCHIVE,), sha256, path, url, CIFAR10_URL),
             "normalize": normalize,
             "split": _split_record(test, train_size, split_seed),
         },
@@ -671,6 +669,19 @@ def _expected_digests(names: Sequence[str], sha256: Mapping[str, str] | None) ->
             )
         digests[name] = digest
     return digests
+
+
+def _file_provenance(
+    dataset: str,
+    names: Sequence[str],
+    sha256: Mapping[str, str] | None,
+    path: str | os.PathLike | None,
+    url: str | None,
+    default_url: str,
+) -> dict[str, Any]:
+    """The verified files of a downloaded dataset and where they came from."""
+    location = str(path) if path is not None else _base_url(dataset, url, default_url)
+    return {"files": _expected_digests(names, sha256), "location": location}
 
 
 def _base_url(dataset: str, url: str | None, default: str | None) -> str:
