@@ -114,7 +114,7 @@ def test_min_entropy_is_minus_log2_of_the_largest_eigenvalue(rng):
     assert renyi_entropy(k, 60.0) == pytest.approx(-np.log2(top), abs=0.2)  # S_α → S_∞
 
 
-# --- invariants of DESIGN.md -----------------------------------------------------------------
+# --- invariants of the estimator -----------------------------------------------------------------
 
 
 @PROPERTY

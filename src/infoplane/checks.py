@@ -1,4 +1,4 @@
-"""Invariants every estimate must satisfy, checked point by point (DESIGN.md, conventions).
+"""Invariants every estimate must satisfy, checked point by point.
 
 For every (split, step, layer) — and run, for stacked results — with N the probe size of the split:
 

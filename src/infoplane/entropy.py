@@ -1,6 +1,6 @@
 """Matrix-based Rényi α-entropy (bits), joint entropy and mutual information of Gram matrices.
 
-Conventions (DESIGN.md): A = K / tr(K); S_α(A) = log2(Σ λ_i^α) / (1 − α), with the α = 1 limit
+Conventions: A = K / tr(K); S_α(A) = log2(Σ λ_i^α) / (1 − α), with the α = 1 limit
 −Σ λ_i log2 λ_i; joint entropy S(A, B) = S(A∘B / tr(A∘B)); I = S(A) + S(B) − S(A, B).
 
 Eigenvalues come from the symmetric solver (``eigvalsh``) in float64, batched over stacks

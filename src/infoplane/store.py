@@ -1,6 +1,7 @@
 """The activation store: one Zarr v3 store per run, one xarray Dataset per probe split.
 
-Layout (the public contract, see DESIGN.md "Activation store")::
+Layout (the public contract: stores written by other code that follow it are read and validated
+the same way)::
 
     activations.zarr/            root attributes: schema_version, experiment, run, seed, model,
                                  dataset, layers, config, device, infoplane_version, torch_version
