@@ -5,7 +5,7 @@
 import json
 import os
 
-from infoplane.config import validate_config
+from infoplane.config import seed_from_run, validate_config
 from infoplane.presets import needs_activations, preset_to_json, resolve_preset
 
 # Cross-references the schema cannot express (run names, preset names, schedule keys); the
@@ -45,13 +45,7 @@ def run_config(wildcards):
     must not retrain the existing runs.
     """
     settings = dict(experiment(wildcards.experiment))
-    seed = int(wildcards.run.removeprefix("seed"))
-    if seed not in settings["seeds"]:
-        raise ValueError(
-            f"run {wildcards.run} is not a run of experiment {wildcards.experiment} "
-            f"(seeds: {settings['seeds']})"
-        )
-    settings["seeds"] = [seed]
+    settings["seeds"] = [seed_from_run(wildcards.run, settings)]
     settings["estimators"] = []
     return canonical({"experiments": {wildcards.experiment: settings}})
 
