@@ -2,20 +2,21 @@
 
 The work is split so that only tiny arrays travel and the step axis stays parallel:
 
-1. width search (only for the alignment rule with smoothing): one task per (split, step) reads
-   that step's distances and returns the argmax width σ* of every layer;
+1. width search (only for the alignment rule with smoothing): for every (split, step), read that
+   step's distances and return the argmax width σ* of every layer;
 2. smoothing (on the client, cheap): σ_t = w σ_{t-1} + (1 - w) σ*_t along the captured steps of
    each split and layer, with w = β^(iterations since the previous capture) by default (the
    paper's per-iteration average) or w = β per capture (``smoothing_per: capture``);
-3. entropies: one task per (split, step) builds the Gram matrices and returns H, I and
-   diagnostics per layer.
+3. entropies: for every (split, step), build the Gram matrices and return H, I and diagnostics
+   per layer.
 
 Steps are cheap (tens of milliseconds), so consecutive steps travel to the workers in batches
 (about two per worker thread and round).
 
 Both task kinds read either the distance cache (the fast path; the activation store is never
 opened for a preset that needs only distances) or, without a cache, the activation store itself
-(distances are then computed on the fly and not kept).
+(distances are then computed on the fly and not kept, in each pass that needs them: twice for a
+smoothed alignment rule, so run ``infoplane distances`` first when estimating more than once).
 
 The result ``mi/<name>.zarr`` holds, on dims (split, step, layer): ``I_XT, I_TY, H_T, H_XT, H_TY,
 sigma`` (width used), ``sigma_star`` (per-step argmax before smoothing; NaN for other rules),
@@ -182,16 +183,23 @@ def plan_source(
 # tasks (run on the workers; arguments and results are small)
 
 
-def load_step(source: Source, split: str, index: int) -> dict[str, np.ndarray]:
-    """One step's distances: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``."""
+def load_step(
+    source: Source, split: str, index: int, *, layers: bool = True
+) -> dict[str, np.ndarray]:
+    """One step's distances: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
+
+    ``layers=False`` skips the cached layer distances (``d2`` is then absent): presets that build
+    their layer Grams from the activations do not need them.
+    """
     if source.kind == "store":
         return step_distances(source.path, split, index, source.layers)
     import zarr
 
-    # the split group itself: cheaper than the root's consolidated metadata, read per task
+    # the split group itself: cheaper than the root's consolidated metadata, read per step
     group = zarr.open_group(str(Path(source.path) / split), mode="r", use_consolidated=False)
+    d2 = {"d2": np.asarray(group["d2"][index])} if layers else {}
     return {
-        "d2": np.asarray(group["d2"][index]),
+        **d2,
         "d2_x": np.asarray(group["d2_x"][index]),
         "y": np.asarray(group["y"][index]),
         "nonfinite": np.asarray(group["nonfinite"][index], dtype=bool),
@@ -218,17 +226,10 @@ def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int) -> Any:
     raise ConfigError(f"width rule {kind!r} has no closed form (use the alignment search)")
 
 
-def _align(d2: np.ndarray, gram_y: np.ndarray, rule: Mapping[str, Any]) -> tuple[float, bool]:
-    from infoplane.widths import alignment_width
-
-    sigma, hit = alignment_width(d2, gram_y, grid=rule["grid"], points=rule["points"])
-    return float(sigma), bool(hit)
-
-
 def select_widths_task(source: Source, split: str, index: int, rule: Mapping) -> dict[str, Any]:
     """Task: the alignment argmax σ* of every layer at one (split, step)."""
     from infoplane.kernels import label_gram
-    from infoplane.widths import alignment_width
+    from infoplane.widths import alignment_width, select_width
 
     data = load_step(source, split, index)
     sigma = np.full(len(source.layers), np.nan)
@@ -245,7 +246,13 @@ def select_widths_task(source: Source, split: str, index: int, rule: Mapping) ->
         except InputError:
             for i in finite:  # isolate the failing layer(s)
                 try:
-                    sigma[i], hit[i] = _align(data["d2"][i], gram_y, rule)
+                    sigma[i], hit[i] = select_width(
+                        data["d2"][i],
+                        "alignment",
+                        gram_y=gram_y,
+                        grid=rule["grid"],
+                        points=rule["points"],
+                    )
                 except InputError as exc:
                     failures.append((source.layers[i], str(exc)))
     return {"sigma_star": sigma, "boundary_hit": hit, "failures": failures}
@@ -264,6 +271,7 @@ def _layer_grams(
 ) -> dict[int, np.ndarray]:
     """Gram matrix of every estimable layer; fills ``sigma``/``sigma_star``/``boundary_hit``."""
     from infoplane.kernels import gaussian_gram, multivariate_gram
+    from infoplane.widths import select_width
 
     grams: dict[int, np.ndarray] = {}
     for i, layer in enumerate(source.layers):
@@ -287,7 +295,13 @@ def _layer_grams(
             if sigma is not None:
                 out["sigma"][i] = sigma[i]
             elif rule["rule"] == "alignment":
-                value, hit = _align(data["d2"][i], gram_y, rule)
+                value, hit = select_width(
+                    data["d2"][i],
+                    "alignment",
+                    gram_y=gram_y,
+                    grid=rule["grid"],
+                    points=rule["points"],
+                )
                 out["sigma"][i] = out["sigma_star"][i] = value
                 out["boundary_hit"][i] = hit
             else:
@@ -317,7 +331,7 @@ def estimate_step_task(
     from infoplane.kernels import gaussian_gram, label_gram
 
     n_layers = len(source.layers)
-    data = load_step(source, split, index)
+    data = load_step(source, split, index, layers=preset["kernel"] != "multivariate")
     out: dict[str, Any] = {name: np.full(n_layers, np.nan) for name in LAYER_VARIABLES}
     out["boundary_hit"] = np.zeros(n_layers, dtype=bool)
     failures: list[tuple[str, str]] = []
@@ -504,6 +518,11 @@ def estimate(
     run = attrs.get("run")
     rule = preset.get("layer_width", {})
     two_pass = rule.get("rule") == "alignment" and rule.get("smoothing", 0.0) > 0
+    if two_pass and src.kind == "store":
+        log.warning(
+            "estimating from the activation store: the distances are computed twice (width "
+            "search, then entropies); `infoplane distances` caches them for every later preset"
+        )
     failures: set[tuple[str, int, str, str]] = set()
     cluster = {
         "workers": workers,
