@@ -17,7 +17,13 @@ from infoplane.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["gaussian_gram", "gaussian_gram_torch", "label_gram", "multivariate_gram"]
+__all__ = [
+    "check_distances",
+    "gaussian_gram",
+    "gaussian_gram_torch",
+    "label_gram",
+    "multivariate_gram",
+]
 
 # Kernel values below exp(-100) ≈ 3.7e-44 are set to exactly 0. Against a unit diagonal they are
 # far below float64 resolution of any entropy, and the flush keeps subnormal numbers (10-100x
@@ -57,7 +63,8 @@ def check_widths(sigma: Any, batch_shape: tuple[int, ...], what: str = "sigma") 
     return s
 
 
-def _check_d2(d2: Any, what: str = "d2") -> np.ndarray:
+def check_distances(d2: Any, what: str = "d2") -> np.ndarray:
+    """A finite square stack of squared distances (..., N, N) with no negative entry, as float64."""
     d2 = check_square_stack(d2, what)
     if d2.size and d2.min() < 0:
         raise InputError(
@@ -82,7 +89,7 @@ def gaussian_gram(d2: Any, sigma: Any) -> np.ndarray:
     numpy.ndarray, shape (..., N, N), float64
         Entries below exp(−100) ≈ 3.7e−44 are exactly 0 (see ``EXP_FLOOR``).
     """
-    d2 = _check_d2(d2)
+    d2 = check_distances(d2)
     s = check_widths(sigma, d2.shape[:-2])
     scale = (-1.0 / s**2)[..., None, None]
     return exp_flushed(d2 * scale)
@@ -133,7 +140,7 @@ def multivariate_gram(d2_channels: Any, sigmas: Any) -> np.ndarray:
     -------
     numpy.ndarray, shape (N, N), float64
     """
-    d2 = _check_d2(d2_channels, "d2_channels")
+    d2 = check_distances(d2_channels, "d2_channels")
     if d2.ndim != 3:
         raise InputError(f"d2_channels must have shape (C, N, N), got {d2.shape}")
     s = check_widths(sigmas, (d2.shape[0],), "sigmas")

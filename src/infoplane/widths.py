@@ -21,7 +21,7 @@ import numpy as np
 
 from infoplane.distances import check_square_stack
 from infoplane.errors import InputError
-from infoplane.kernels import EXP_FLOOR
+from infoplane.kernels import EXP_FLOOR, check_distances
 
 __all__ = [
     "alignment_scores",
@@ -53,12 +53,7 @@ _DEGENERATE_WIDTH = 1.0
 
 
 def _check_d2(d2: Any) -> np.ndarray:
-    d2 = check_square_stack(d2, "d2")
-    if d2.min() < 0:
-        raise InputError(
-            "d2 has negative entries; squared distances must be >= 0 "
-            "(compute them with infoplane.distances.squared_distances)"
-        )
+    d2 = check_distances(d2)
     if np.diagonal(d2, axis1=-2, axis2=-1).any():
         raise InputError(
             "d2 has a non-zero diagonal; squared distances of a sample to itself must be 0"
