@@ -529,17 +529,15 @@ def estimate(
         "scheduler_address": scheduler_address,
         "cluster_config": cluster_config,
     }
+    # every (split, step) point, in the order of the tasks of both passes
+    where = [(s.split, k) for s in split_steps.values() for k in range(len(s.steps))]
+    names = [f"{split}-{split_steps[split].steps[k]}" for split, k in where]
     with _client_or(client, **cluster) as active:
         sigma_star: dict[str, np.ndarray] = {}
         hits: dict[str, np.ndarray] = {}
         sigmas: dict[str, np.ndarray | None] = {}
         if two_pass:
-            calls, names, where = [], [], []
-            for split in split_steps.values():
-                for k, (step, index) in enumerate(zip(split.steps, split.index, strict=True)):
-                    calls.append((src, split.split, int(index), rule))
-                    names.append(f"{split.split}-{step}")
-                    where.append((split.split, k))
+            calls = [(src, split, int(split_steps[split].index[k]), rule) for split, k in where]
             results = _run_batched(active, select_widths_task, calls, label="widths", names=names)
             for split in split_steps.values():
                 shape = (len(split.steps), len(src.layers))
@@ -554,14 +552,12 @@ def estimate(
             for split_name, values in sigma_star.items():
                 steps = split_steps[split_name].steps if per_iteration else None
                 sigmas[split_name] = smooth_along_steps(values, rule["smoothing"], steps)
-        calls, names, where = [], [], []
-        for split in split_steps.values():
-            for k, (step, index) in enumerate(zip(split.steps, split.index, strict=True)):
-                store_index = None if split.store_index is None else int(split.store_index[k])
-                sigma = sigmas[split.split][k] if two_pass else None
-                calls.append((src, split.split, int(index), store_index, preset, sigma))
-                names.append(f"{split.split}-{step}")
-                where.append((split.split, k))
+        calls = []
+        for split, k in where:
+            at = split_steps[split]
+            store_index = None if at.store_index is None else int(at.store_index[k])
+            sigma = sigmas[split][k] if two_pass else None
+            calls.append((src, split, int(at.index[k]), store_index, preset, sigma))
         results = _run_batched(active, estimate_step_task, calls, label="estimate", names=names)
 
     for (split_name, k), result in zip(where, results, strict=True):
