@@ -1,5 +1,7 @@
 import json
+import logging
 import operator
+import shutil
 
 import numpy as np
 import pytest
@@ -229,3 +231,145 @@ def test_unfinished_cache_is_refused(tmp_path):
     zarr.open_group(str(tmp_path / "d.zarr"), mode="r+")["train"]["done"][0] = True
     with pytest.raises(StoreError, match=r"split train: steps 10 are not computed"):
         estimate(tmp_path / "d.zarr", resolve_preset(None, "paper"), name="paper")
+
+
+# ---------------------------------------------------------------------------------------------
+# alignment widths kept in the distance cache
+
+
+def _kept_entries(cache):
+    return sorted(p.name for p in (cache / "widths").glob("*") if (p / "zarr.json").is_file())
+
+
+def test_a_second_preset_with_the_same_search_reuses_the_kept_widths(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=9)
+    cache = tmp_path / "d.zarr"
+    compute_distances(store, cache, client=client)
+    paper = estimate(cache, resolve_preset(None, "paper"), name="paper", client=client)
+    assert len(_kept_entries(cache)) == 2  # one per split
+    searched = estimate(
+        cache, resolve_preset(None, "paper-alpha1.01"), name="a", client=client, keep_widths=False
+    )
+    reused = estimate(cache, resolve_preset(None, "paper-alpha1.01"), name="a", client=client)
+    xr.testing.assert_identical(searched, reused)
+    xr.testing.assert_identical(paper["sigma_star"], reused["sigma_star"])
+    # the kept widths are what is read: doubling them doubles the widths a preset then uses
+    import zarr
+
+    for entry in _kept_entries(cache):
+        group = zarr.open_group(str(cache / "widths" / entry), mode="r+")
+        group["sigma_star"][...] = 2 * group["sigma_star"][...]
+    doubled = estimate(cache, resolve_preset(None, "paper-alpha1.01"), name="a", client=client)
+    np.testing.assert_allclose(doubled["sigma_star"], 2 * paper["sigma_star"], rtol=1e-15)
+    np.testing.assert_allclose(doubled["sigma"], 2 * paper["sigma"], rtol=1e-12)
+    fresh = estimate(
+        cache, resolve_preset(None, "paper"), name="p", client=client, keep_widths=False
+    )
+    xr.testing.assert_identical(fresh["sigma_star"], paper["sigma_star"])
+
+
+def test_another_grid_is_another_search(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
+    cache = tmp_path / "d.zarr"
+    compute_distances(store, cache, client=client)
+    estimate(cache, resolve_preset(None, "paper"), name="paper", client=client, splits=["train"])
+    assert len(_kept_entries(cache)) == 1
+    log_grid = {"layer_width": {"rule": "alignment", "grid": "log", "points": 40, "smoothing": 0.5}}
+    result = estimate(cache, log_grid, name="log", client=client, splits=["train"])
+    assert len(_kept_entries(cache)) == 2
+    d2 = squared_distances(open_activations(store, "train")["fc"].values[1])
+    gram_y = label_gram(open_activations(store, "train")["y"].values[1])
+    expected = alignment_width(d2, gram_y, grid="log", points=40)[0]
+    assert float(result["sigma_star"].sel(split="train", layer="fc")[1]) == expected
+
+
+def test_kept_widths_carry_the_failed_points(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=9, nan_points=[("test", 10, "fc")])
+    cache = tmp_path / "d.zarr"
+    with pytest.warns(NaNPointWarning):
+        compute_distances(store, cache, client=client)
+    results = []
+    for _ in range(2):  # searched, then reused
+        with pytest.warns(NaNPointWarning, match=r"split test, step 10, layer fc"):
+            results.append(estimate(cache, resolve_preset(None, "paper"), name="p", client=client))
+    xr.testing.assert_identical(results[0], results[1])
+    assert np.isnan(results[1]["sigma_star"].sel(split="test", step=10, layer="fc"))
+
+
+def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplog):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
+    cache = tmp_path / "d.zarr"
+    compute_distances(store, cache, client=client)
+    preset = resolve_preset(None, "paper")
+    first = estimate(cache, preset, name="p", client=client, splits=["train"])
+    (entry,) = _kept_entries(cache)
+    shutil.rmtree(cache / "widths" / entry / "sigma_star")
+    with caplog.at_level(logging.WARNING, logger="infoplane.distance_cache"):
+        again = estimate(cache, preset, name="p", client=client, splits=["train"])
+    assert "cannot be read" in caplog.text
+    xr.testing.assert_identical(first, again)
+
+    shutil.rmtree(cache / "widths")
+
+    def refuse(*args):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr("infoplane.distance_cache.os.replace", refuse)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="infoplane.distance_cache"):
+        third = estimate(cache, preset, name="p", client=client, splits=["train"])
+    assert "could not keep the alignment widths" in caplog.text
+    xr.testing.assert_identical(first, third)
+    # and no half-written entry is left behind
+    assert not [p for p in (cache / "widths").iterdir() if p.name != "zarr.json"]
+
+
+def test_step_reads_follow_a_recreated_cache(tmp_path, client):  # noqa: F811
+    from infoplane.estimation import load_step, plan_source
+
+    cache = tmp_path / "d.zarr"
+    values = []
+    for seed in (0, 1):
+        store = make_store(tmp_path / f"s{seed}.zarr", steps=(0, 10), n=8, seed=seed)
+        compute_distances(store, cache, overwrite=True, client=client)
+        source = plan_source(cache)[0]
+        values.append(load_step(source, "train", 1))
+        view = open_activations(store, "train")
+        np.testing.assert_array_equal(values[-1]["y"], view["y"].values[1])
+        np.testing.assert_allclose(
+            values[-1]["d2"][1], squared_distances(view["fc"].values[1]), rtol=1e-12
+        )
+    assert not np.allclose(values[0]["d2"], values[1]["d2"])
+    assert set(values[0]) == {"d2", "d2_x", "y", "nonfinite", "nonfinite_x"}
+    assert values[0]["nonfinite"].dtype == bool and values[0]["nonfinite"].shape == (3,)
+
+
+def test_estimate_command_can_search_again_and_keep_nothing(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
+    cache = tmp_path / "d.zarr"
+    compute_distances(store, cache, client=client)
+    args = ["estimate", str(cache), "--estimator", "paper", "--splits", "train"]
+    address = ["--scheduler-address", client.scheduler.address]
+    assert main([*args, "--out", str(tmp_path / "a.zarr"), "--no-kept-widths", *address]) == 0
+    assert not (cache / "widths").exists()
+    assert main([*args, "--out", str(tmp_path / "b.zarr"), *address]) == 0
+    assert len(_kept_entries(cache)) == 1
+    xr.testing.assert_identical(
+        open_result(tmp_path / "a.zarr").drop_attrs(), open_result(tmp_path / "b.zarr").drop_attrs()
+    )
+
+
+def test_an_unsmoothed_search_keeps_and_reuses_widths_too(tmp_path, client):  # noqa: F811
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=9)
+    cache = tmp_path / "d.zarr"
+    compute_distances(store, cache, client=client)
+    unsmoothed = {"layer_width": {"rule": "alignment", "smoothing": 0.0}}
+    one_pass = estimate(cache, unsmoothed, name="u", client=client, keep_widths=False)
+    assert not (cache / "widths").exists()
+    kept = estimate(cache, unsmoothed, name="u", client=client)
+    assert len(_kept_entries(cache)) == 2
+    xr.testing.assert_identical(one_pass, kept)
+    np.testing.assert_array_equal(kept["sigma"], kept["sigma_star"])
+    paper = estimate(cache, resolve_preset(None, "paper"), name="paper", client=client)
+    assert len(_kept_entries(cache)) == 2  # the same search: nothing new kept
+    xr.testing.assert_identical(paper["sigma_star"], kept["sigma_star"])

@@ -12,14 +12,25 @@ Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xa
       done(step)             bool      set after the step's region is written
       dim(layer), dim_x      int64     feature dimensions (for Silverman/Scott widths)
       coords: step, epoch(step), layer
+    widths/<split>-<key>/    optional: the result of an alignment width search run on these
+      sigma_star(step, layer) float64, boundary_hit(step, layer) bool, step(step) int64;
+      attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures
 
 One task per (split, step) opens the store's Zarr arrays itself, reads exactly that step's chunks,
 writes its own region of the pre-allocated cache and then sets ``done``. Every per-step array has
 one chunk per step, so concurrent tasks never share a chunk. A rerun skips done steps.
+
+The argmax widths σ* of an alignment search depend only on the distances, the labels and the
+grid, so ``infoplane estimate`` keeps them under ``widths/`` (keyed by the search settings and the
+package version) and a later preset with the same search (another α, another input width) skips
+it. Each entry is written beside its final name and renamed into place, so concurrent estimates
+never see half an entry; deleting ``widths/`` only costs the searches again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -505,3 +516,115 @@ def warn_nan_points(
     )
     log.warning(message)
     warnings.warn(message, NaNPointWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# alignment widths kept beside the distances
+
+WIDTHS_GROUP = "widths"
+
+
+@dataclass(frozen=True)
+class AlignmentWidths:
+    """The per-step argmax widths of one split, as an alignment search returned them."""
+
+    sigma_star: np.ndarray  # (step, layer)
+    boundary_hit: np.ndarray  # (step, layer) bool
+    failures: list[tuple[int, str, str]]  # (step position, layer, reason)
+
+
+def _widths_entry(cache: str | Path, split: str, search: Mapping[str, Any]) -> Path:
+    from infoplane import __version__
+
+    text = json.dumps({"search": dict(search), "version": __version__}, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Path(cache) / WIDTHS_GROUP / f"{split}-{key}"
+
+
+def read_cached_widths(
+    cache: str | Path,
+    split: str,
+    search: Mapping[str, Any],
+    steps: np.ndarray,
+    layers: Sequence[str],
+) -> AlignmentWidths | None:
+    """The kept result of ``search`` on ``split``, or None when there is none for these steps."""
+    import zarr
+
+    from infoplane import __version__
+
+    entry = _widths_entry(cache, split, search)
+    if not (entry / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(str(entry), mode="r", use_consolidated=False)
+        attrs = dict(group.attrs)
+        same = (
+            attrs.get("search") == dict(search)
+            and attrs.get("infoplane_version") == __version__
+            and list(attrs.get("layers", [])) == list(layers)
+            and np.array_equal(np.asarray(group["step"][...]), steps)
+        )
+        if not same:
+            return None
+        return AlignmentWidths(
+            np.asarray(group["sigma_star"][...], dtype=np.float64),
+            np.asarray(group["boundary_hit"][...], dtype=bool),
+            [(int(k), str(layer), str(why)) for k, layer, why in attrs.get("failures", [])],
+        )
+    except Exception as exc:  # zarr raises several types for a damaged entry: search again
+        log.warning("ignoring the kept widths %s, which cannot be read (%s)", entry, exc)
+        return None
+
+
+def write_cached_widths(
+    cache: str | Path,
+    split: str,
+    search: Mapping[str, Any],
+    steps: np.ndarray,
+    layers: Sequence[str],
+    widths: AlignmentWidths,
+) -> None:
+    """Keep the result of ``search`` on ``split`` for later presets; best effort.
+
+    A cache that cannot be written (read-only, full disk) only costs the search next time, so
+    the failure is logged, not raised. An entry that another estimate wrote meanwhile is kept.
+    """
+    import zarr
+
+    from infoplane import __version__
+
+    entry = _widths_entry(cache, split, search)
+    tmp = entry.with_name(f"{entry.name}.writing-{os.getpid()}")
+    try:
+        if not (entry.parent / "zarr.json").is_file():
+            zarr.open_group(str(entry.parent), mode="a", zarr_format=3)
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        group.attrs.update(
+            {
+                "search": dict(search),
+                "layers": list(layers),
+                "infoplane_version": __version__,
+                "failures": [[int(k), layer, why] for k, layer, why in widths.failures],
+            }
+        )
+        for name, values in (
+            ("step", np.asarray(steps, dtype=np.int64)),
+            ("sigma_star", np.asarray(widths.sigma_star, dtype=np.float64)),
+            ("boundary_hit", np.asarray(widths.boundary_hit, dtype=bool)),
+        ):
+            group.create_array(name, data=values, compressors=None)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not entry.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another estimate kept the same search
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning(
+            "could not keep the alignment widths in %s (%s); later presets search again",
+            entry.parent,
+            exc,
+        )

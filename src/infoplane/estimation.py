@@ -3,7 +3,9 @@
 The work is split so that only tiny arrays travel and the step axis stays parallel:
 
 1. width search (only for the alignment rule with smoothing): for every (split, step), read that
-   step's distances and return the argmax width σ* of every layer;
+   step's distances and return the argmax width σ* of every layer. σ* depends only on the
+   distances, the labels and the grid, so the widths are kept in the distance cache and a later
+   preset with the same search reuses them (``keep_widths``; see :mod:`infoplane.distance_cache`);
 2. smoothing (on the client, cheap): σ_t = w σ_{t-1} + (1 - w) σ*_t along the captured steps of
    each split and layer, with w = β^(iterations since the previous capture) by default (the
    paper's per-iteration average) or w = β per capture (``smoothing_per: capture``);
@@ -43,11 +45,14 @@ import numpy as np
 
 from infoplane.distance_cache import (
     SPLITS,
+    AlignmentWidths,
     is_distance_cache,
     open_cache_root,
+    read_cached_widths,
     read_store_plan,
     step_distances,
     warn_nan_points,
+    write_cached_widths,
 )
 from infoplane.errors import ConfigError, InputError, StoreError
 from infoplane.presets import needs_activations, preset_to_json, validate_preset
@@ -183,6 +188,49 @@ def plan_source(
 # tasks (run on the workers; arguments and results are small)
 
 
+# Per-process handles of the cache's arrays: opening them costs as much as reading a step.
+_CACHE_VARIABLES = ("d2", "d2_x", "y", "nonfinite", "nonfinite_x")
+_open_arrays: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = {}
+
+
+def _cache_arrays(path: str, split: str) -> dict[str, Any]:
+    """The cache's per-step arrays of ``split``, opened once per process.
+
+    Reopened when the split's or ``d2``'s metadata file changes (a recreated cache).
+    """
+    import zarr
+
+    group_path = Path(path) / split
+    token = tuple(
+        value
+        for meta in (group_path / "zarr.json", group_path / "d2" / "zarr.json")
+        for stat in [meta.stat()]
+        for value in (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    )
+    held = _open_arrays.get((path, split))
+    if held is not None and held[0] == token:
+        return held[1]
+    # the split group itself: cheaper than the root's consolidated metadata
+    group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
+    arrays = {name: group[name] for name in _CACHE_VARIABLES}
+    if len(_open_arrays) >= 32:
+        _open_arrays.clear()
+    _open_arrays[(path, split)] = (token, arrays)
+    return arrays
+
+
+def _read_rows(arrays: Mapping[str, Any], names: Sequence[str], index: int) -> list[np.ndarray]:
+    """Row ``index`` of each named array, read concurrently on zarr's event loop."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def rows() -> list[Any]:
+        return await asyncio.gather(*(arrays[n].async_array.getitem(index) for n in names))
+
+    return [np.asarray(row) for row in sync(rows())]
+
+
 def load_step(
     source: Source, split: str, index: int, *, layers: bool = True
 ) -> dict[str, np.ndarray]:
@@ -193,18 +241,12 @@ def load_step(
     """
     if source.kind == "store":
         return step_distances(source.path, split, index, source.layers)
-    import zarr
-
-    # the split group itself: cheaper than the root's consolidated metadata, read per step
-    group = zarr.open_group(str(Path(source.path) / split), mode="r", use_consolidated=False)
-    d2 = {"d2": np.asarray(group["d2"][index])} if layers else {}
-    return {
-        **d2,
-        "d2_x": np.asarray(group["d2_x"][index]),
-        "y": np.asarray(group["y"][index]),
-        "nonfinite": np.asarray(group["nonfinite"][index], dtype=bool),
-        "nonfinite_x": np.asarray(group["nonfinite_x"][index], dtype=bool),
-    }
+    names = _CACHE_VARIABLES if layers else _CACHE_VARIABLES[1:]
+    rows = _read_rows(_cache_arrays(source.path, split), names, index)
+    data = dict(zip(names, rows, strict=True))
+    data["nonfinite"] = data["nonfinite"].astype(bool, copy=False)
+    data["nonfinite_x"] = data["nonfinite_x"].astype(bool, copy=False)
+    return data
 
 
 def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int) -> Any:
@@ -453,6 +495,63 @@ def _run_batched(
     return [value for batch in results for value in batch]
 
 
+def _names(split_steps: Mapping[str, SplitSteps], points: Sequence[tuple[str, int]]) -> list[str]:
+    """Task names ``<split>-<step>`` of (split, step position) points."""
+    return [f"{split}-{split_steps[split].steps[k]}" for split, k in points]
+
+
+def _search_widths(
+    client: Any,
+    src: Source,
+    split_steps: Mapping[str, SplitSteps],
+    where: Sequence[tuple[str, int]],
+    rule: Mapping[str, Any],
+    preset: Mapping[str, Any],
+    *,
+    keep: bool,
+) -> dict[str, AlignmentWidths]:
+    """The argmax widths σ* of every split: kept in the distance cache, or searched on Dask."""
+    search = {
+        "rule": "alignment",
+        "grid": rule["grid"],
+        "points": rule["points"],
+        "label_kernel": preset["label_kernel"],
+    }
+    keep = keep and src.kind == "cache"
+    found: dict[str, AlignmentWidths] = {}
+    for split in split_steps.values():
+        kept = (
+            read_cached_widths(src.path, split.split, search, split.steps, src.layers)
+            if keep
+            else None
+        )
+        if kept is not None:
+            log.info("split %s: alignment widths kept in %s reused", split.split, src.path)
+            found[split.split] = kept
+    todo = [(split, k) for split, k in where if split not in found]
+    calls = [(src, split, int(split_steps[split].index[k]), rule) for split, k in todo]
+    results = (
+        _run_batched(
+            client, select_widths_task, calls, label="widths", names=_names(split_steps, todo)
+        )
+        if calls
+        else []
+    )
+    searched: dict[str, AlignmentWidths] = {}
+    for split_name in dict.fromkeys(split for split, _ in todo):
+        shape = (len(split_steps[split_name].steps), len(src.layers))
+        searched[split_name] = AlignmentWidths(np.full(shape, np.nan), np.zeros(shape, bool), [])
+    for (split_name, k), result in zip(todo, results, strict=True):
+        searched[split_name].sigma_star[k] = result["sigma_star"]
+        searched[split_name].boundary_hit[k] = result["boundary_hit"]
+        searched[split_name].failures.extend((k, layer, why) for layer, why in result["failures"])
+    if keep:
+        for split_name, widths in searched.items():
+            steps = split_steps[split_name].steps
+            write_cached_widths(src.path, split_name, search, steps, src.layers, widths)
+    return {**found, **searched}
+
+
 def smooth_along_steps(
     sigma_star: np.ndarray, beta: float, steps: np.ndarray | None = None
 ) -> np.ndarray:
@@ -486,6 +585,7 @@ def estimate(
     workers: int | None = None,
     scheduler_address: str | None = None,
     cluster_config: Mapping[str, Any] | None = None,
+    keep_widths: bool = True,
 ) -> Any:
     """Estimate the information plane of one run with one preset.
 
@@ -505,6 +605,10 @@ def estimate(
     client
         A ``distributed.Client``; None starts a cluster from ``workers``/``scheduler_address``/
         ``cluster_config`` (see :mod:`infoplane.cluster`) and closes it afterwards.
+    keep_widths
+        With a distance cache and a smoothed alignment rule: reuse the argmax widths of an
+        earlier estimate with the same search (grid, points, label kernel), kept in the cache,
+        and keep this search's widths for later ones. False searches again and keeps nothing.
 
     Returns
     -------
@@ -517,7 +621,12 @@ def estimate(
     )
     run = attrs.get("run")
     rule = preset.get("layer_width", {})
-    two_pass = rule.get("rule") == "alignment" and rule.get("smoothing", 0.0) > 0
+    # the search runs as a pass of its own when the widths are smoothed along steps, or when
+    # they can be kept in (or taken from) a distance cache for later presets
+    smoothed = rule.get("smoothing", 0.0) > 0
+    two_pass = rule.get("rule") == "alignment" and (
+        smoothed or (keep_widths and src.kind == "cache")
+    )
     if two_pass and src.kind == "store":
         log.warning(
             "estimating from the activation store: the distances are computed twice (width "
@@ -531,41 +640,40 @@ def estimate(
     }
     # every (split, step) point, in the order of the tasks of both passes
     where = [(s.split, k) for s in split_steps.values() for k in range(len(s.steps))]
-    names = [f"{split}-{split_steps[split].steps[k]}" for split, k in where]
     with _client_or(client, **cluster) as active:
-        sigma_star: dict[str, np.ndarray] = {}
-        hits: dict[str, np.ndarray] = {}
-        sigmas: dict[str, np.ndarray | None] = {}
+        widths: dict[str, AlignmentWidths] = {}
+        sigmas: dict[str, np.ndarray] = {}
         if two_pass:
-            calls = [(src, split, int(split_steps[split].index[k]), rule) for split, k in where]
-            results = _run_batched(active, select_widths_task, calls, label="widths", names=names)
-            for split in split_steps.values():
-                shape = (len(split.steps), len(src.layers))
-                sigma_star[split.split] = np.full(shape, np.nan)
-                hits[split.split] = np.zeros(shape, dtype=bool)
-            for (split_name, k), result in zip(where, results, strict=True):
-                sigma_star[split_name][k] = result["sigma_star"]
-                hits[split_name][k] = result["boundary_hit"]
-                step = int(split_steps[split_name].steps[k])
-                failures.update((split_name, step, layer, why) for layer, why in result["failures"])
+            widths = _search_widths(active, src, split_steps, where, rule, preset, keep=keep_widths)
             per_iteration = rule.get("smoothing_per", "iteration") == "iteration"
-            for split_name, values in sigma_star.items():
-                steps = split_steps[split_name].steps if per_iteration else None
-                sigmas[split_name] = smooth_along_steps(values, rule["smoothing"], steps)
+            for split_name, found in widths.items():
+                steps = split_steps[split_name].steps
+                failures.update(
+                    (split_name, int(steps[k]), layer, why) for k, layer, why in found.failures
+                )
+                sigmas[split_name] = (
+                    smooth_along_steps(
+                        found.sigma_star, rule["smoothing"], steps if per_iteration else None
+                    )
+                    if smoothed
+                    else found.sigma_star
+                )
         calls = []
         for split, k in where:
             at = split_steps[split]
             store_index = None if at.store_index is None else int(at.store_index[k])
             sigma = sigmas[split][k] if two_pass else None
             calls.append((src, split, int(at.index[k]), store_index, preset, sigma))
-        results = _run_batched(active, estimate_step_task, calls, label="estimate", names=names)
+        results = _run_batched(
+            active, estimate_step_task, calls, label="estimate", names=_names(split_steps, where)
+        )
 
     for (split_name, k), result in zip(where, results, strict=True):
         step = int(split_steps[split_name].steps[k])
         failures.update((split_name, step, layer, why) for layer, why in result["failures"])
         if two_pass:
-            result["sigma_star"] = sigma_star[split_name][k]
-            result["boundary_hit"] = hits[split_name][k]
+            result["sigma_star"] = widths[split_name].sigma_star[k]
+            result["boundary_hit"] = widths[split_name].boundary_hit[k]
     dataset = _assemble(src, split_steps, where, results, preset, name, attrs)
     points = sorted(failures)
     if points:

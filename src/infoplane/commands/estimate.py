@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--splits", nargs="+", choices=("train", "test"), help="splits to estimate (default: all)"
     )
+    parser.add_argument(
+        "--no-kept-widths",
+        dest="keep_widths",
+        action="store_false",
+        help="search the alignment widths again instead of reusing those an earlier preset "
+        "with the same search kept in the distance cache, and keep none",
+    )
     add_cluster_arguments(parser)
     parser.set_defaults(handler=run_estimate)
 
@@ -67,6 +74,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         out=args.out,
         store=args.store,
         splits=args.splits,
+        keep_widths=args.keep_widths,
         **cluster_options(args, fallback),
     )
     n_nan = int(result["I_XT"].isnull().sum())
