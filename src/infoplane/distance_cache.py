@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -595,7 +596,7 @@ def write_cached_widths(
     from infoplane import __version__
 
     entry = _widths_entry(cache, split, search)
-    tmp = entry.with_name(f"{entry.name}.writing-{os.getpid()}")
+    tmp = entry.with_name(f"{entry.name}.writing-{uuid.uuid4().hex[:12]}")
     try:
         if not (entry.parent / "zarr.json").is_file():
             zarr.open_group(str(entry.parent), mode="a", zarr_format=3)
