@@ -369,3 +369,32 @@ def test_cli_shows_a_progress_bar_on_a_terminal(config_path, tmp_path, capsys, m
     assert cli_main([*argv, "--run", "seed0", "--out", str(tmp_path / "a.zarr")]) == 0
     err = capsys.readouterr().err
     assert "45/45" in err and "digits/seed0 epoch 3/3" in err
+
+
+@pytest.mark.slow
+def test_work_dir_run_moves_into_place_and_resumes_after_its_outputs_are_deleted(
+    reference, settings, tmp_path, caplog
+):
+    run_dir, work = tmp_path / "run", tmp_path / "run" / ".training"
+    out = run_dir / "activations.zarr"
+    products = [out, run_dir / METRICS_FILE, run_dir / ITERATIONS_FILE, run_dir / CHECKPOINT_FILE]
+    with pytest.raises(KeyboardInterrupt):
+        train_run(settings, run="seed0", out_store=out, progress=CrashAt(22), work_dir=work)
+    assert not any(p.exists() for p in products)  # nothing in place until the run has finished
+    assert load_checkpoint(work / CHECKPOINT_FILE)["step"] == ITERATIONS_PER_EPOCH
+    run_dir.joinpath(METRICS_FILE).write_text("left over by an earlier attempt\n")
+    result = train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
+    assert result.resumed_from_step == ITERATIONS_PER_EPOCH
+    assert result.store == out and result.checkpoint == run_dir / CHECKPOINT_FILE
+    assert all(p.exists() for p in products) and not work.exists()
+    assert_same_run(reference[0], run_dir)
+
+    # state of other settings in the work directory is scratch: discarded, not an error
+    slower = settings_with(settings, training={"lr": 0.01})
+    with pytest.raises(KeyboardInterrupt):
+        train_run(slower, run="seed0", out_store=out, progress=CrashAt(22), work_dir=work)
+    assert (work / CHECKPOINT_FILE).exists()
+    with caplog.at_level("WARNING", logger="infoplane.training"):
+        result = train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
+    assert "discarding the state" in caplog.text and result.resumed_from_step is None
+    assert_same_run(reference[0], run_dir)

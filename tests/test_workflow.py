@@ -3,16 +3,20 @@ report, dry runs that show which jobs an edit reruns, the lint, and the `data fe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
@@ -37,12 +41,13 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.Com
         str(ROOT / "workflow" / "profiles" / "local"),
         "--directory",
         str(workdir),
+        *args,
         "--cores",
         "2",
+        # the last option: its values run on to the next option
         "--set-threads",
         "distances=1",
         "estimate=1",
-        *args,
     ]
     return subprocess.run(
         command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
@@ -246,6 +251,59 @@ def test_changing_training_settings_retrains_every_run(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_killed_training_job_resumes_on_the_next_run(tmp_path):
+    """SIGKILL the training job after a checkpoint (as a cluster's time limit would): Snakemake
+    deletes the job's outputs, and the next run continues from the checkpoint."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    tiny = config["experiments"]["tiny"]
+    tiny["training"]["epochs"] = 150  # about 10 s on 2 cores: time to kill it mid-run
+    tiny["seeds"] = [0]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "results" / "tiny" / "seed0"
+    checkpoint = run_dir / ".training" / "checkpoint.pt"
+    target = "results/tiny/seed0/activations.zarr"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+    command += ["--workflow-profile", str(ROOT / "workflow" / "profiles" / "local")]
+    command += ["--directory", str(tmp_path), "--cores", "1", target]
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not checkpoint.exists():
+            assert first.poll() is None, "the training job ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        (job,) = [
+            p
+            for p in psutil.Process(first.pid).children(recursive=True)
+            if "train" in p.cmdline() and "infoplane" in p.cmdline()
+        ]
+        job.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=120) != 0  # Snakemake reports the failed job
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert not (run_dir / "activations.zarr").exists()  # Snakemake removed the job's outputs
+    from infoplane.training import load_checkpoint
+
+    killed_at = load_checkpoint(checkpoint)["epoch"]
+    assert killed_at < 150, "the kill came too late to test resuming"
+
+    result = snakemake(tmp_path, target)  # the profile reruns the incomplete job
+    assert result.returncode == 0, result.stderr[-5000:]
+    log = (tmp_path / "logs" / "tiny" / "seed0" / "train.log").read_text()
+    assert re.search(r"resuming after epoch (\d+)", log), log[-2000:]
+    assert int(re.search(r"resuming after epoch (\d+)", log).group(1)) >= killed_at
+    assert not (run_dir / ".training").exists()
+    epochs = [row["epoch"] for row in csv.DictReader(open(run_dir / "metrics.csv"))]
+    assert epochs == [str(e) for e in range(151) for _ in range(2)]
+
+
 def test_lint_is_clean(tmp_path):
     result = snakemake(tmp_path, "--lint", "--configfile", str(ROOT / "config.yaml"))
     output = result.stdout + result.stderr

@@ -17,6 +17,12 @@ A killed run resumes from its last checkpoint: the store is reopened, the steps 
 the checkpoint are captured again (region writes are idempotent) and, on the CPU, the run ends
 with the same store and metrics, bit for bit, as one that was never interrupted.
 
+With a work directory (``work_dir``; the workflow uses ``<run dir>/.training``) the run trains
+there and moves its four products into the run directory only once it has finished. A workflow
+manager that deletes the outputs of a killed job (Snakemake does) then leaves the training state
+alone, and the job's next attempt resumes from it; state of other settings found there is
+discarded, as the work directory is scratch.
+
 Randomness: every stream derives from the run's seed. Weight initialisation and dropout use
 torch's global generator (seeded before the model is built, saved in checkpoints); shuffling uses
 its own ``torch.Generator``; probe indices are a pure function of (seed, split, step) through
@@ -665,6 +671,28 @@ def _start(r: _Run, store: Path, checkpoint: Path, restart: bool):
     return _create_store(r, store), None
 
 
+def _move_into_place(train_dir: Path, run_dir: Path, store: Path) -> None:
+    """Move a finished run's products from its work directory into the run directory.
+
+    Four renames on one file system; a job killed between two of them trains again.
+    """
+    import shutil
+
+    moves = [
+        (train_dir / store.name, store),
+        (train_dir / METRICS_FILE, run_dir / METRICS_FILE),
+        (train_dir / ITERATIONS_FILE, run_dir / ITERATIONS_FILE),
+        (train_dir / CHECKPOINT_FILE, run_dir / CHECKPOINT_FILE),
+    ]
+    for source, target in moves:
+        if target.is_dir():
+            shutil.rmtree(target)
+        shutil.move(source, target)  # a rename on one file system
+    with contextlib.suppress(OSError):
+        train_dir.rmdir()  # only when empty: never remove anything else kept there
+    log.info("moved the finished run from %s into %s", train_dir, run_dir)
+
+
 def _resume_captures(r: _Run, writer, step: int) -> None:
     """Make sure every scheduled step up to the checkpoint is captured."""
     done = np.ones(len(r.steps), dtype=bool)
@@ -746,6 +774,7 @@ def train_run(
     progress: Progress | str | None = None,
     device: DeviceName | None = None,
     restart: bool = False,
+    work_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train one run of an experiment and capture its activations.
 
@@ -765,6 +794,11 @@ def train_run(
         Overrides ``settings["training"]["device"]`` (``auto``, ``cpu`` or ``cuda``).
     restart
         Ignore any checkpoint and existing store and train from scratch.
+    work_dir
+        Train in this directory (same file system as the run directory) and move the store,
+        ``metrics.csv``, ``iterations.csv`` and ``checkpoint.pt`` into the run directory once the
+        last epoch is done, replacing what is there. A killed run resumes from the work
+        directory; a checkpoint or store there that belongs to other settings is discarded.
 
     Returns
     -------
@@ -778,16 +812,25 @@ def train_run(
         The loss became NaN or infinite (the message names the step and epoch), or a checkpoint
         does not belong to this run.
     """
-    store = Path(out_store)
-    run_dir = store.parent
+    final_store = Path(out_store)
+    run_dir = final_store.parent
+    train_dir = run_dir if work_dir is None else Path(work_dir)
+    store = train_dir / final_store.name
+    train_dir.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: run_dir / name for name in (METRICS_FILE, ITERATIONS_FILE, CHECKPOINT_FILE)}
+    paths = {name: train_dir / name for name in (METRICS_FILE, ITERATIONS_FILE, CHECKPOINT_FILE)}
     r = _prepare(settings, run, device)
     reporter = make_progress(progress)
     total = r.iterations_per_epoch * r.epochs
 
     with deterministic_torch(r.device):
-        writer, state = _start(r, store, paths[CHECKPOINT_FILE], restart)
+        try:
+            writer, state = _start(r, store, paths[CHECKPOINT_FILE], restart)
+        except (TrainingError, StoreError) as exc:
+            if work_dir is None:
+                raise
+            log.warning("%s: discarding the state in %s (%s)", r.description, train_dir, exc)
+            writer, state = _start(r, store, paths[CHECKPOINT_FILE], True)
         if state is None:
             _capture(r, writer, 0)
             rows = _epoch_rows(r, 0, 0)
@@ -844,9 +887,12 @@ def train_run(
         finally:
             reporter.close()
 
+    if work_dir is not None:
+        _move_into_place(train_dir, run_dir, final_store)
+        paths = {name: run_dir / name for name in paths}
     final = {row["split"]: {"loss": row["loss"], "accuracy": row["accuracy"]} for row in rows[-2:]}
     return TrainResult(
-        store=store,
+        store=final_store,
         metrics=paths[METRICS_FILE],
         iterations=paths[ITERATIONS_FILE],
         checkpoint=paths[CHECKPOINT_FILE],

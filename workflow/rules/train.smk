@@ -2,6 +2,9 @@
 # `params.config` is the run's resolved settings (the experiment narrowed to this seed, without
 # the estimator list); it is written beside the store and is what `infoplane train` reads, so the
 # job depends on exactly what it uses. Training uses the GPU when there is one (device: auto).
+# The run trains in `.training/` and moves its products into place when it has finished:
+# Snakemake deletes the outputs of a killed job, not that directory, so the job's next attempt
+# resumes from the last checkpoint instead of starting over.
 
 
 rule train:
@@ -15,6 +18,7 @@ rule train:
         config="results/{experiment}/{run}/config.json",
     params:
         config=run_config,
+        work_dir="results/{experiment}/{run}/.training",
     log:
         "logs/{experiment}/{run}/train.log",
     # small CPU networks gain little from more threads; clusters set more in their profile
@@ -24,4 +28,4 @@ rule train:
     shell:
         "printf '%s\\n' {params.config:q} > {output.config} && "
         "python -m infoplane train --config {output.config} --experiment {wildcards.experiment} "
-        "--run {wildcards.run} --out {output.store} > {log} 2>&1"
+        "--run {wildcards.run} --out {output.store} --work-dir {params.work_dir} > {log} 2>&1"

@@ -36,6 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ignore any checkpoint and existing store and train from scratch",
     )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        metavar="DIR",
+        help="train in DIR and move the products into the run directory when the run has "
+        "finished; a killed run resumes from DIR. For workflow managers that delete the "
+        "outputs of failed jobs (the workflow passes RUN_DIR/.training)",
+    )
     parser.set_defaults(handler=run_train)
 
 
@@ -59,6 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
         progress=progress,
         device=args.device,
         restart=args.restart,
+        work_dir=args.work_dir,
     )
     final = result.final
     print(
