@@ -105,6 +105,11 @@ def test_incompatible_cache_is_refused_unless_overwritten(store, tmp_path, clien
         compute_distances(other, out, splits=["train"], client=client)
     compute_distances(other, out, splits=["train"], overwrite=True, client=client)
     np.testing.assert_array_equal(open_split(out, "train")["step"], [0, 5])
+    # the same schedule trained again with another seed: same steps, other activations
+    shutil.rmtree(other)
+    retrained = make_store(other, steps=(0, 5), n=12, seed=3)
+    with pytest.raises(StoreError, match="trained again since"):
+        compute_distances(retrained, out, splits=["train"], client=client)
 
 
 def test_nonfinite_activations_give_flagged_nan_points(tmp_path, client):  # noqa: F811

@@ -2,7 +2,9 @@
 
 Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xarray)::
 
-    attrs: kind, store (source store path), infoplane_version, layers, run, experiment, splits
+    attrs: kind, store (source store path), store_attrs_sha256 (digest of the store's root
+           attributes, checked when a cache is resumed), infoplane_version, layers, run,
+           experiment, splits
     <split>/
       d2(step, layer, i, j)  float64   chunk (1, layers up to ~64 MiB, N, N), uncompressed
       d2_x(step, i, j)       float64   squared distances of the network inputs
@@ -77,6 +79,7 @@ class StorePlan:
     input_shape: tuple[int, ...]
     splits: dict[str, SplitPlan]
     attrs: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""  # digest of the store's root attributes (its settings)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -154,7 +157,11 @@ def read_store_plan(store: str | Path, splits: Sequence[str] | None = None) -> S
             "run (or resume) training first"
         )
     keep = {k: attrs[k] for k in ("experiment", "run", "seed", "model", "dataset") if k in attrs}
-    return StorePlan(str(path.resolve()), list(layers), layer_shapes, input_shape, plans, keep)
+    text = json.dumps(attrs, sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    return StorePlan(
+        str(path.resolve()), list(layers), layer_shapes, input_shape, plans, keep, fingerprint
+    )
 
 
 def _distances_or_nan(values: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -319,6 +326,7 @@ def _cache_attrs(plan: StorePlan) -> dict[str, Any]:
         "kind": CACHE_KIND,
         "cache_schema_version": CACHE_SCHEMA_VERSION,
         "store": plan.path,
+        "store_attrs_sha256": plan.fingerprint,
         "infoplane_version": __version__,
         "layers": list(plan.layers),
         "splits": list(plan.splits),
@@ -394,6 +402,12 @@ def _check_compatible(path: Path, plan: StorePlan) -> None:
     problems = []
     if list(root.attrs.get("layers", [])) != plan.layers:
         problems.append(f"layers {root.attrs.get('layers')} != store layers {plan.layers}")
+    # a store trained again with other settings has the same steps but other activations
+    if root.attrs.get("store_attrs_sha256", plan.fingerprint) != plan.fingerprint:
+        problems.append(
+            "the store's attributes (its run, seed and settings) differ from those the cache "
+            "was computed from: it was trained again since"
+        )
     for name, split in plan.splits.items():
         if name not in root:
             problems.append(f"split {name} missing")

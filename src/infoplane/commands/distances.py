@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Compute the N×N squared distances of every captured (split, step, layer) of an "
             "activation store and write them to a distance cache. One task per (split, step); "
-            "a rerun resumes an interrupted cache, skipping the steps already done."
+            "a rerun resumes an interrupted cache, skipping the steps already done. A cache "
+            "whose store has other steps, layers, probe sizes or attributes (trained again "
+            "with other settings) is refused; --overwrite starts it afresh."
         ),
     )
     parser.add_argument("store", help="activation store (activations.zarr)")
