@@ -148,3 +148,32 @@ def test_distances_command_resumes_and_reports(tmp_path, capsys, client):  # noq
     shutil.rmtree(store)
     assert main(["distances", str(store), "--out", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_kept_widths_written_twice_keep_the_first_entry(store, tmp_path, client, caplog):  # noqa: F811
+    from infoplane.distance_cache import (
+        AlignmentWidths,
+        read_cached_widths,
+        write_cached_widths,
+    )
+
+    cache = tmp_path / "distances.zarr"
+    compute_distances(store, cache, splits=["train"], client=client)
+    steps = np.asarray(open_split(cache, "train")["step"])
+    layers = list(zarr.open_group(str(cache), mode="r").attrs["layers"])
+    search = {"rule": "alignment", "grid": "linear", "points": 7, "label_kernel": "indicator"}
+    shape = (len(steps), len(layers))
+    first = AlignmentWidths(np.full(shape, 1.5), np.zeros(shape, bool), [(0, layers[0], "why")])
+    second = AlignmentWidths(np.full(shape, 2.5), np.ones(shape, bool), [])
+    with caplog.at_level("WARNING", logger="infoplane.distance_cache"):
+        write_cached_widths(cache, "train", search, steps, layers, first)
+        write_cached_widths(cache, "train", search, steps, layers, second)  # a concurrent twin
+    assert caplog.text == ""
+    kept = read_cached_widths(cache, "train", search, steps, layers)
+    np.testing.assert_array_equal(kept.sigma_star, first.sigma_star)
+    assert kept.failures == first.failures
+    assert [p.name for p in (cache / "widths").iterdir() if "writing" in p.name] == []
+    # another search, other steps or other layers find nothing
+    assert read_cached_widths(cache, "train", {**search, "points": 8}, steps, layers) is None
+    assert read_cached_widths(cache, "train", search, steps[:-1], layers) is None
+    assert read_cached_widths(cache, "train", search, steps, layers[::-1]) is None
