@@ -9,11 +9,14 @@ from estimation_fixtures import client, make_store, reference_distances  # noqa:
 import infoplane
 from infoplane.cli import main
 from infoplane.distance_cache import (
+    AlignmentWidths,
     NaNPointWarning,
     compute_distances,
     create_cache,
     is_distance_cache,
+    read_cached_widths,
     read_store_plan,
+    write_cached_widths,
     write_step,
 )
 from infoplane.errors import StoreError
@@ -151,12 +154,6 @@ def test_distances_command_resumes_and_reports(tmp_path, capsys, client):  # noq
 
 
 def test_kept_widths_written_twice_keep_the_first_entry(store, tmp_path, client, caplog):  # noqa: F811
-    from infoplane.distance_cache import (
-        AlignmentWidths,
-        read_cached_widths,
-        write_cached_widths,
-    )
-
     cache = tmp_path / "distances.zarr"
     compute_distances(store, cache, splits=["train"], client=client)
     steps = np.asarray(open_split(cache, "train")["step"])
