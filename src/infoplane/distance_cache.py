@@ -157,11 +157,15 @@ def read_store_plan(store: str | Path, splits: Sequence[str] | None = None) -> S
             "run (or resume) training first"
         )
     keep = {k: attrs[k] for k in ("experiment", "run", "seed", "model", "dataset") if k in attrs}
-    text = json.dumps(attrs, sort_keys=True, default=str)
-    fingerprint = hashlib.sha256(text.encode()).hexdigest()
     return StorePlan(
-        str(path.resolve()), list(layers), layer_shapes, input_shape, plans, keep, fingerprint
+        str(path.resolve()), list(layers), layer_shapes, input_shape, plans, keep, _digest(attrs)
     )
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of the canonical JSON text of ``value``."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _distances_or_nan(values: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -551,8 +555,7 @@ class AlignmentWidths:
 def _widths_entry(cache: str | Path, split: str, search: Mapping[str, Any]) -> Path:
     from infoplane import __version__
 
-    text = json.dumps({"search": dict(search), "version": __version__}, sort_keys=True)
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    key = _digest({"search": dict(search), "version": __version__})[:16]
     return Path(cache) / WIDTHS_GROUP / f"{split}-{key}"
 
 

@@ -408,9 +408,14 @@ def information_plane(
     c_t, c_x, c_xt = c[:count], c[count], c[count + 1 : 2 * count + 1]
     c_y, c_ty = c[2 * count + 1], c[2 * count + 2 :]
     clipped = np.maximum.reduce([c_t, c_xt, c_ty, np.full(count, max(c_x, c_y))])
+    return _plane(np.asarray(h_x), np.asarray(h_y), h_t, h_xt, h_ty, clipped)
+
+
+def _plane(h_x: Any, h_y: Any, h_t: Any, h_xt: Any, h_ty: Any, clipped: Any) -> dict[str, Any]:
+    """The result of :func:`information_plane` (numpy) or its torch twin from its entropies."""
     return {
-        "H_X": np.asarray(h_x),
-        "H_Y": np.asarray(h_y),
+        "H_X": h_x,
+        "H_Y": h_y,
         "H_T": h_t,
         "H_XT": h_xt,
         "H_TY": h_ty,
@@ -553,13 +558,4 @@ def information_plane_torch(
     h_t, h_xt, h_ty = h[2 : 2 + count], h[2 + count : 2 + 2 * count], h[2 + 2 * count :]
     c_t, c_xt, c_ty = c[2 : 2 + count], c[2 + count : 2 + 2 * count], c[2 + 2 * count :]
     clipped = torch.maximum(torch.stack([c_t, c_xt, c_ty]).max(0).values, torch.maximum(c[0], c[1]))
-    return {
-        "H_X": h_x,
-        "H_Y": h_y,
-        "H_T": h_t,
-        "H_XT": h_xt,
-        "H_TY": h_ty,
-        "I_XT": h_x + h_t - h_xt,
-        "I_TY": h_t + h_y - h_ty,
-        "clipped_mass": clipped,
-    }
+    return _plane(h_x, h_y, h_t, h_xt, h_ty, clipped)

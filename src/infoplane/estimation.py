@@ -2,10 +2,11 @@
 
 The work is split so that only tiny arrays travel and the step axis stays parallel:
 
-1. width search (only for the alignment rule with smoothing): for every (split, step), read that
-   step's distances and return the argmax width σ* of every layer. σ* depends only on the
-   distances, the labels and the grid, so the widths are kept in the distance cache and a later
-   preset with the same search reuses them (``keep_widths``; see :mod:`infoplane.distance_cache`);
+1. width search (alignment rule only; a pass of its own when the widths are smoothed or kept):
+   for every (split, step), read that step's distances and return the argmax width σ* of every
+   layer. σ* depends only on the distances, the labels and the grid, so from a distance cache the
+   widths are kept there and a later preset with the same search reuses them (``keep_widths``;
+   see :mod:`infoplane.distance_cache`);
 2. smoothing (on the client, cheap): σ_t = w σ_{t-1} + (1 - w) σ*_t along the captured steps of
    each split and layer, with w = β^(iterations since the previous capture) by default (the
    paper's per-iteration average) or w = β per capture (``smoothing_per: capture``);
@@ -606,7 +607,7 @@ def estimate(
         A ``distributed.Client``; None starts a cluster from ``workers``/``scheduler_address``/
         ``cluster_config`` (see :mod:`infoplane.cluster`) and closes it afterwards.
     keep_widths
-        With a distance cache and a smoothed alignment rule: reuse the argmax widths of an
+        With a distance cache and the alignment rule: reuse the argmax widths of an
         earlier estimate with the same search (grid, points, label kernel), kept in the cache,
         and keep this search's widths for later ones. False searches again and keeps nothing.
 

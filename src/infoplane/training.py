@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -676,8 +677,6 @@ def _move_into_place(train_dir: Path, run_dir: Path, store: Path) -> None:
 
     Four renames on one file system; a job killed between two of them trains again.
     """
-    import shutil
-
     moves = [
         (train_dir / store.name, store),
         (train_dir / METRICS_FILE, run_dir / METRICS_FILE),
