@@ -32,8 +32,8 @@ import torch
 from timing import median_seconds
 from torch import nn
 
-from infoplane import store
-from infoplane.capture import capture_activations, modules_of_type
+from infoplane.io import store
+from infoplane.train.capture import capture_activations, modules_of_type
 
 WIDTHS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
 ATTRS = {

@@ -29,10 +29,10 @@ import time
 
 import numpy as np
 
-from infoplane.distances import squared_distances
-from infoplane.entropy import information_plane
-from infoplane.kernels import gaussian_gram, label_gram
-from infoplane.widths import alignment_width
+from infoplane.core.distances import squared_distances
+from infoplane.core.entropy import information_plane
+from infoplane.core.kernels import gaussian_gram, label_gram
+from infoplane.core.widths import alignment_width
 
 CONV_SHAPES = [(64, 32, 32)] * 2 + [(128, 16, 16)] * 2 + [(256, 8, 8)] * 3 + [(512, 4, 4)] * 3
 CONV_SHAPES += [(512, 2, 2)] * 3

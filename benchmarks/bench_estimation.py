@@ -3,7 +3,7 @@
 Store: N = 100 probe samples (train split only), CIFAR-shaped inputs, the 13 conv maps of VGG-16
 (64×32×32 … 512×2×2, before pooling), two 4096-unit FC layers and a softmax over 10 classes;
 random ReLU activations, stored as float16 (half the disk of float32; the distance GEMMs read them
-as float64 either way). Written with infoplane.store.create_store.
+as float64 either way). Written with infoplane.io.store.create_store.
 
 Figures printed (medians over --repeats):
 
@@ -58,7 +58,7 @@ CLASSES = 10
 
 def write_vgg_store(path: Path, steps: int, *, dtype: str = "float16", seed: int = 0) -> Path:
     """A VGG-16-shaped store of ``steps`` captured steps of random ReLU activations."""
-    from infoplane.store import create_store
+    from infoplane.io.store import create_store
 
     rng = np.random.default_rng(seed)
     writer = create_store(
@@ -101,7 +101,7 @@ def floor_seconds(store: Path, blas_threads: int | None = None) -> float:
     import zarr
     from threadpoolctl import threadpool_limits
 
-    from infoplane.distances import squared_distances
+    from infoplane.core.distances import squared_distances
 
     with threadpool_limits(limits=blas_threads):
         return _floor(store, zarr, squared_distances)
@@ -158,10 +158,10 @@ class PeakMemory:
 
 def _warm_up() -> None:
     """Import the estimation stack in a worker before anything is timed."""
-    import infoplane.distance_cache
-    import infoplane.entropy
-    import infoplane.estimation
-    import infoplane.widths  # noqa: F401
+    import infoplane.io.cache
+    import infoplane.core.entropy
+    import infoplane.estimate.pipeline
+    import infoplane.core.widths  # noqa: F401
 
 
 def _cpu_seconds() -> float:
@@ -192,9 +192,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
 
-    from infoplane.cluster import dask_client
-    from infoplane.distance_cache import compute_distances
-    from infoplane.estimation import estimate
+    from infoplane.estimate.cluster import dask_client
+    from infoplane.io.cache import compute_distances
+    from infoplane.estimate.pipeline import estimate
     from infoplane.presets import resolve_preset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="infoplane-bench-"))

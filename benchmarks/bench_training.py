@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from infoplane.config import experiment_settings
-from infoplane.training import Progress, train_run
+from infoplane.train.training import Progress, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("INFOPLANE_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infoplane.store import create_store
+from infoplane.io.store import create_store
 
 #: Default recorded layers: a conv map (C, H, W), a vector layer and a softmax.
 LAYERS: dict[str, tuple[int, ...]] = {"conv": (2, 3, 3), "fc": (5,), "softmax": (3,)}
@@ -104,7 +104,7 @@ def client():
 
 def reference_distances(store: Path, split: str) -> dict[str, np.ndarray]:
     """Squared distances of every captured step computed independently (plain numpy, per pair)."""
-    from infoplane.store import open_activations
+    from infoplane.io.store import open_activations
 
     view = open_activations(store, split)
     out = {}

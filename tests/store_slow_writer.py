@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infoplane.store import ActivationStoreWriter, create_store
+from infoplane.io.store import ActivationStoreWriter, create_store
 
 STEPS = np.arange(0, 120, 10)
 EPOCHS = STEPS / 40.0

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from infoplane import analysis
+from infoplane.report import analysis
 from infoplane.errors import InputError
 
 STEPS = np.array([0, 10, 20, 30, 40, 80, 160, 240, 320])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane.capture import capture_activations, modules_of_type, probe_indices
+from infoplane.train.capture import capture_activations, modules_of_type, probe_indices
 from infoplane.errors import InputError, TrainingError
 
 

@@ -5,10 +5,10 @@ import pytest
 import xarray as xr
 from estimation_fixtures import client, make_store  # noqa: F401
 
-from infoplane.checks import check_result, nan_points
+from infoplane.report.checks import check_result, nan_points
 from infoplane.cli import main
 from infoplane.errors import StoreError
-from infoplane.estimation import estimate, stack_runs, write_result
+from infoplane.estimate.pipeline import estimate, stack_runs, write_result
 from infoplane.presets import resolve_preset
 
 

@@ -11,7 +11,7 @@ import xarray as xr
 from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
-from infoplane.cluster import (
+from infoplane.estimate.cluster import (
     BLAS_ENV,
     cluster_settings,
     dask_client,
@@ -19,9 +19,9 @@ from infoplane.cluster import (
     run_tasks,
     slurm_cluster_kwargs,
 )
-from infoplane.distance_cache import compute_distances
+from infoplane.io.cache import compute_distances
 from infoplane.errors import ConfigError
-from infoplane.estimation import estimate, open_result
+from infoplane.estimate.pipeline import estimate, open_result
 from infoplane.presets import resolve_preset
 
 DASK = Path(sys.executable).parent / "dask"
@@ -96,7 +96,7 @@ def test_cluster_config_may_sit_in_the_estimator_config(tmp_path):
 
 
 def test_progress_is_logged_when_not_on_a_terminal(client, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="infoplane.cluster")
+    caplog.set_level(logging.INFO, logger="infoplane.estimate.cluster")
     assert run_tasks(client, abs, [(-1,), (-2,), (3,)], label="demo") == [1, 2, 3]
     assert "demo: 3/3 tasks finished" in caplog.text
 

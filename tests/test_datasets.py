@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infoplane.datasets import (
+from infoplane.train.datasets import (
     DATA_URL_ENV,
     KNOWN_SHA256,
     Dataset,

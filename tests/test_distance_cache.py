@@ -8,7 +8,7 @@ from estimation_fixtures import client, make_store, reference_distances  # noqa:
 
 import infoplane
 from infoplane.cli import main
-from infoplane.distance_cache import (
+from infoplane.io.cache import (
     AlignmentWidths,
     NaNPointWarning,
     compute_distances,
@@ -162,7 +162,7 @@ def test_kept_widths_written_twice_keep_the_first_entry(store, tmp_path, client,
     shape = (len(steps), len(layers))
     first = AlignmentWidths(np.full(shape, 1.5), np.zeros(shape, bool), [(0, layers[0], "why")])
     second = AlignmentWidths(np.full(shape, 2.5), np.ones(shape, bool), [])
-    with caplog.at_level("WARNING", logger="infoplane.distance_cache"):
+    with caplog.at_level("WARNING", logger="infoplane.io.cache"):
         write_cached_widths(cache, "train", search, steps, layers, first)
         write_cached_widths(cache, "train", search, steps, layers, second)  # a concurrent twin
     assert caplog.text == ""

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from infoplane.distances import (
+from infoplane.core.distances import (
     channel_squared_distances,
     squared_distances,
     squared_distances_torch,

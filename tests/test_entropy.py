@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from infoplane.distances import squared_distances
-from infoplane.entropy import (
+from infoplane.core.distances import squared_distances
+from infoplane.core.entropy import (
     information_plane,
     information_plane_torch,
     joint_entropy,
@@ -19,8 +19,8 @@ from infoplane.entropy import (
     renyi_entropy_torch,
 )
 from infoplane.errors import InputError
-from infoplane.kernels import gaussian_gram, label_gram
-from infoplane.widths import alignment_width
+from infoplane.core.kernels import gaussian_gram, label_gram
+from infoplane.core.widths import alignment_width
 
 ALPHAS = [0.5, 1.0, 1.01, 2.0, 3.0, 5.5]
 TOL = 1e-9

@@ -9,11 +9,11 @@ import xarray as xr
 from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
-from infoplane.distance_cache import NaNPointWarning, compute_distances
-from infoplane.distances import squared_distances
-from infoplane.entropy import information_plane
+from infoplane.io.cache import NaNPointWarning, compute_distances
+from infoplane.core.distances import squared_distances
+from infoplane.core.entropy import information_plane
 from infoplane.errors import ConfigError, StoreError
-from infoplane.estimation import (
+from infoplane.estimate.pipeline import (
     LAYER_VARIABLES,
     STEP_VARIABLES,
     _batch_size,
@@ -23,10 +23,10 @@ from infoplane.estimation import (
     smooth_along_steps,
     stack_runs,
 )
-from infoplane.kernels import gaussian_gram, label_gram
+from infoplane.core.kernels import gaussian_gram, label_gram
 from infoplane.presets import resolve_preset
-from infoplane.store import open_activations
-from infoplane.widths import alignment_width, smooth_widths
+from infoplane.io.store import open_activations
+from infoplane.core.widths import alignment_width, smooth_widths
 
 STEPS = (0, 10, 20, 30)
 
@@ -121,7 +121,7 @@ def test_multivariate_with_one_shared_width_is_the_tensor_kernel(run_dir, client
 
 
 def test_per_channel_silverman_widths(run_dir, client):  # noqa: F811
-    from infoplane.widths import silverman_width
+    from infoplane.core.widths import silverman_width
 
     preset = resolve_preset(None, "multivariate")
     result = estimate(run_dir / "distances.zarr", preset, name="mv", client=client)
@@ -225,7 +225,7 @@ def test_unfinished_cache_is_refused(tmp_path):
     import zarr
 
     store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=6)
-    from infoplane.distance_cache import create_cache, read_store_plan
+    from infoplane.io.cache import create_cache, read_store_plan
 
     create_cache(tmp_path / "d.zarr", read_store_plan(store))
     zarr.open_group(str(tmp_path / "d.zarr"), mode="r+")["train"]["done"][0] = True
@@ -304,7 +304,7 @@ def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplo
     first = estimate(cache, preset, name="p", client=client, splits=["train"])
     (entry,) = _kept_entries(cache)
     shutil.rmtree(cache / "widths" / entry / "sigma_star")
-    with caplog.at_level(logging.WARNING, logger="infoplane.distance_cache"):
+    with caplog.at_level(logging.WARNING, logger="infoplane.io.cache"):
         again = estimate(cache, preset, name="p", client=client, splits=["train"])
     assert "cannot be read" in caplog.text
     xr.testing.assert_identical(first, again)
@@ -314,9 +314,9 @@ def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplo
     def refuse(*args):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr("infoplane.distance_cache.os.replace", refuse)
+    monkeypatch.setattr("infoplane.io.cache.os.replace", refuse)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="infoplane.distance_cache"):
+    with caplog.at_level(logging.WARNING, logger="infoplane.io.cache"):
         third = estimate(cache, preset, name="p", client=client, splits=["train"])
     assert "could not keep the alignment widths" in caplog.text
     xr.testing.assert_identical(first, third)
@@ -325,7 +325,7 @@ def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplo
 
 
 def test_step_reads_follow_a_recreated_cache(tmp_path, client):  # noqa: F811
-    from infoplane.estimation import load_step, plan_source
+    from infoplane.estimate.pipeline import load_step, plan_source
 
     cache = tmp_path / "d.zarr"
     values = []

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from infoplane.errors import ConfigError
-from infoplane.models import ACTIVATIONS, MODEL_NAMES, build_model, default_layers
+from infoplane.train.models import ACTIVATIONS, MODEL_NAMES, build_model, default_layers
 
 
 def record(

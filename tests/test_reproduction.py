@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from estimation_fixtures import client  # noqa: F401
 
-from infoplane import analysis
-from infoplane.checks import check_result, nan_points
+from infoplane.report import analysis
+from infoplane.report.checks import check_result, nan_points
 from infoplane.config import experiment_settings, load_config
-from infoplane.distance_cache import compute_distances
-from infoplane.estimation import estimate
-from infoplane.plots import load_metrics
+from infoplane.io.cache import compute_distances
+from infoplane.estimate.pipeline import estimate
+from infoplane.report.plots import load_metrics
 from infoplane.presets import resolve_preset
-from infoplane.training import train_run
+from infoplane.train.training import train_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "config.yaml"
 EXPERIMENT = "repro_mlp_tanh"

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infoplane.errors import ConfigError
-from infoplane.schedule import capture_steps, epochs_of, iterations_per_epoch
+from infoplane.train.schedule import capture_steps, epochs_of, iterations_per_epoch
 
 
 def test_epoch_schedule_is_step_zero_and_every_epoch_end():

@@ -16,7 +16,7 @@ import zarr
 from infoplane import __version__
 from infoplane.cli import main
 from infoplane.errors import InputError, StoreError
-from infoplane.store import (
+from infoplane.io.store import (
     SCHEMA_VERSION,
     create_store,
     open_activations,
@@ -142,7 +142,7 @@ def test_snakemakes_marker_file_in_a_store_raises_no_warning(full_store):
     # Snakemake leaves `.snakemake_timestamp` in directory outputs; zarr warns about it
     (full_store / ".snakemake_timestamp").touch()
     code = (
-        "import sys; from infoplane.store import open_activations, validate_store; "
+        "import sys; from infoplane.io.store import open_activations, validate_store; "
         "open_activations(sys.argv[1], 'test'); assert validate_store(sys.argv[1]) == []"
     )
     subprocess.run(

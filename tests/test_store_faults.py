@@ -18,7 +18,7 @@ import xarray as xr
 
 from infoplane.cli import main
 from infoplane.errors import StoreError
-from infoplane.store import create_store, open_activations, open_writer, validate_store
+from infoplane.io.store import create_store, open_activations, open_writer, validate_store
 
 HELPER = Path(__file__).with_name("store_slow_writer.py")
 

@@ -13,12 +13,12 @@ import zarr
 
 from infoplane.cli import main as cli_main
 from infoplane.config import experiment_settings, load_config
-from infoplane.datasets import load_dataset
+from infoplane.train.datasets import load_dataset
 from infoplane.errors import ConfigError, TrainingError
-from infoplane.models import build_model
-from infoplane.schedule import capture_steps
-from infoplane.store import open_activations, validate_store
-from infoplane.training import (
+from infoplane.train.models import build_model
+from infoplane.train.schedule import capture_steps
+from infoplane.io.store import open_activations, validate_store
+from infoplane.train.training import (
     CHECKPOINT_FILE,
     ITERATIONS_FILE,
     METRICS_FILE,
@@ -243,7 +243,7 @@ def test_killed_process_resumes_to_the_same_result(reference, config_path, tmp_p
     assert killed_at < EPOCHS, "the kill came too late to test resuming"
 
     # the same command again (in this process: it saves a second interpreter start-up)
-    with caplog.at_level("INFO", logger="infoplane.training"):
+    with caplog.at_level("INFO", logger="infoplane.train.training"):
         assert cli_main(["train", *args]) == 0
     assert f"resuming after epoch {killed_at}" in caplog.text
     assert_same_run(reference[0], tmp_path)
@@ -348,7 +348,7 @@ def test_cli_train_logs_one_line_per_epoch(config_path, tmp_path, capsys, caplog
     out = tmp_path / "run" / "activations.zarr"
     argv = ["train", "--config", str(config_path), "--experiment", EXPERIMENT]
     argv += ["--run", "seed1", "--out", str(out), "--device", "cpu"]
-    with caplog.at_level("INFO", logger="infoplane.training"):
+    with caplog.at_level("INFO", logger="infoplane.train.training"):
         assert cli_main(argv) == 0
     epochs = [r.message for r in caplog.records if " epoch " in r.message]
     assert len(epochs) == EPOCHS
@@ -394,7 +394,7 @@ def test_work_dir_run_moves_into_place_and_resumes_after_its_outputs_are_deleted
     with pytest.raises(KeyboardInterrupt):
         train_run(slower, run="seed0", out_store=out, progress=CrashAt(22), work_dir=work)
     assert (work / CHECKPOINT_FILE).exists()
-    with caplog.at_level("WARNING", logger="infoplane.training"):
+    with caplog.at_level("WARNING", logger="infoplane.train.training"):
         result = train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
     assert "discarding the state" in caplog.text and result.resumed_from_step is None
     assert_same_run(reference[0], run_dir)

@@ -6,10 +6,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import pdist
 
-from infoplane.distances import squared_distances
+from infoplane.core.distances import squared_distances
 from infoplane.errors import InputError
-from infoplane.kernels import gaussian_gram, label_gram
-from infoplane.widths import (
+from infoplane.core.kernels import gaussian_gram, label_gram
+from infoplane.core.widths import (
     alignment_scores,
     alignment_width,
     median_width,
@@ -274,7 +274,7 @@ def test_bad_inputs_raise(rng):
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_pair_sums_by_series_and_by_exponentials_agree_with_brute_force(rng, weighted):
-    from infoplane.widths import _SERIES_RADIUS, _direct_sums, _exp_sums, _series_sums
+    from infoplane.core.widths import _SERIES_RADIUS, _direct_sums, _exp_sums, _series_sums
 
     d = rng.uniform(3.0, 40.0, 5000)
     w = rng.random(5000) if weighted else None

@@ -152,7 +152,7 @@ def test_runs_record_their_settings_and_metrics(tiny_run):
 
 @pytest.mark.slow
 def test_plots_are_written_and_not_trivial(tiny_run):
-    from infoplane.plots import DATA_PROCESSING_TABLE, ESTIMATE_FIGURES
+    from infoplane.report.plots import DATA_PROCESSING_TABLE, ESTIMATE_FIGURES
 
     plots = tiny_run / "results" / "tiny" / "plots"
     for preset in ("aligned", "silverman"):
@@ -289,7 +289,7 @@ def test_a_killed_training_job_resumes_on_the_next_run(tmp_path):
             first.kill()
             first.wait()
     assert not (run_dir / "activations.zarr").exists()  # Snakemake removed the job's outputs
-    from infoplane.training import load_checkpoint
+    from infoplane.train.training import load_checkpoint
 
     killed_at = load_checkpoint(checkpoint)["epoch"]
     assert killed_at < 150, "the kill came too late to test resuming"

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from infoplane import analysis
-from infoplane.checks import check_result, nan_points
+from infoplane.report import analysis
+from infoplane.report.checks import check_result, nan_points
 from infoplane.config import load_config
-from infoplane.plots import load_metrics, open_estimates
-from infoplane.store import open_activations
+from infoplane.report.plots import load_metrics, open_estimates
+from infoplane.io.store import open_activations
 
 # Snakemake leaves a timestamp file inside directory outputs; zarr notes it and reads on
 warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp")

@@ -23,7 +23,7 @@ from infoplane.errors import ConfigError
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 RUN_PATTERN = re.compile(r"^seed(0|[1-9][0-9]*)$")
-# Options each model accepts besides name and activation (infoplane.models.build_model); checked
+# Options each model accepts besides name and activation (infoplane.train.models.build_model); checked
 # here so that a misplaced option fails when the config is read, not after the data is loaded.
 MODEL_OPTIONS = {
     "mlp": ("hidden", "batch_norm"),

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from infoplane.checks import DEFAULT_TOLERANCE, check_result, nan_points
+    from infoplane.report.checks import DEFAULT_TOLERANCE, check_result, nan_points
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     violations = check_result(args.result, tolerance=tolerance)

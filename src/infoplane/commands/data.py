@@ -53,7 +53,7 @@ def parse_options(text: str) -> dict:
 
 
 def dataset_summary(dataset) -> dict:
-    """JSON-serialisable summary of a loaded :class:`infoplane.datasets.Dataset`."""
+    """JSON-serialisable summary of a loaded :class:`infoplane.train.datasets.Dataset`."""
     return {
         "name": dataset.name,
         "classes": dataset.classes,
@@ -69,7 +69,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from infoplane.datasets import load_dataset
+    from infoplane.train.datasets import load_dataset
 
     options = {"root": args.root, **parse_options(args.options)}
     summary = dataset_summary(load_dataset(args.name, **options))

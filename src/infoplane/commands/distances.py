@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from infoplane.cluster import add_cluster_arguments
+    from infoplane.estimate.cluster import add_cluster_arguments
 
     parser = subparsers.add_parser(
         "distances",
@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infoplane.cluster import cluster_options
-    from infoplane.distance_cache import compute_distances
+    from infoplane.estimate.cluster import cluster_options
+    from infoplane.io.cache import compute_distances
 
     summary = compute_distances(
         args.store,

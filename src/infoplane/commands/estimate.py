@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from infoplane.cluster import add_cluster_arguments
+    from infoplane.estimate.cluster import add_cluster_arguments
 
     parser = subparsers.add_parser(
         "estimate",
@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    from infoplane.cluster import cluster_options, read_cluster_config
-    from infoplane.estimation import estimate
+    from infoplane.estimate.cluster import cluster_options, read_cluster_config
+    from infoplane.estimate.pipeline import estimate
     from infoplane.presets import resolve_preset
 
     preset = resolve_preset(args.config, args.estimator)
@@ -87,7 +87,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_stack(args: argparse.Namespace) -> int:
-    from infoplane.estimation import stack_runs, write_result
+    from infoplane.estimate.pipeline import stack_runs, write_result
 
     stacked = stack_runs(args.results, args.runs)
     write_result(stacked, args.out)

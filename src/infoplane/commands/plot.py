@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from infoplane import plots
+    from infoplane.report import plots
     from infoplane.errors import InputError
 
     if args.mi is None and not args.metrics:

@@ -44,7 +44,7 @@ def _size(n: int) -> str:
 
 
 def format_info(info: dict[str, Any]) -> str:
-    """Human-readable rendering of :func:`infoplane.store.store_info`."""
+    """Human-readable rendering of :func:`infoplane.io.store.store_info`."""
     lines = [f"store {info['path']}"]
     described = ("experiment", "run", "seed", "model", "dataset", "device")
     lines.append("  " + ", ".join(f"{k} {info.get(k)}" for k in described))
@@ -77,7 +77,7 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from infoplane.store import store_info
+    from infoplane.io.store import store_info
 
     info = store_info(args.store)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -85,7 +85,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from infoplane.store import validate_store
+    from infoplane.io.store import validate_store
 
     problems = validate_store(args.store)
     if problems:

@@ -50,13 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``infoplane train``: validate everything, then train."""
     from infoplane.config import experiment_settings, load_config, seed_from_run
-    from infoplane.training import train_run
+    from infoplane.train.training import train_run
 
     config = load_config(args.config)
     settings = experiment_settings(config, args.experiment)
     seed_from_run(args.run, settings)  # a bad run name fails before anything heavy is imported
 
-    training_log = logging.getLogger("infoplane.training")
+    training_log = logging.getLogger("infoplane.train.training")
     if training_log.getEffectiveLevel() > logging.INFO:
         training_log.setLevel(logging.INFO)  # one line per epoch belongs in batch logs
     progress = "bar" if sys.stderr.isatty() else "log"

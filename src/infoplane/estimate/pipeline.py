@@ -6,7 +6,7 @@ The work is split so that only tiny arrays travel and the step axis stays parall
    for every (split, step), read that step's distances and return the argmax width σ* of every
    layer. σ* depends only on the distances, the labels and the grid, so from a distance cache the
    widths are kept there and a later preset with the same search reuses them (``keep_widths``;
-   see :mod:`infoplane.distance_cache`);
+   see :mod:`infoplane.io.cache`);
 2. smoothing (on the client, cheap): σ_t = w σ_{t-1} + (1 - w) σ*_t along the captured steps of
    each split and layer, with w = β^(iterations since the previous capture) by default (the
    paper's per-iteration average) or w = β per capture (``smoothing_per: capture``);
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from infoplane.distance_cache import (
+from infoplane.io.cache import (
     SPLITS,
     AlignmentWidths,
     is_distance_cache,
@@ -72,7 +72,7 @@ LAYER_VARIABLES = (
     "boundary_hit",
 )
 STEP_VARIABLES = ("H_X", "H_Y", "sigma_x")
-# per-layer outputs of infoplane.entropy.information_plane
+# per-layer outputs of infoplane.core.entropy.information_plane
 _PLANE_LAYER_KEYS = ("I_XT", "I_TY", "H_T", "H_XT", "H_TY", "clipped_mass")
 
 
@@ -255,7 +255,7 @@ def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int) -> Any:
 
     ``d2`` is one (N, N) matrix (a float is returned) or a stack (..., N, N) (an array (...)).
     """
-    from infoplane.widths import median_width, scott_width, silverman_width
+    from infoplane.core.widths import median_width, scott_width, silverman_width
 
     kind = rule["rule"]
     if kind == "fixed":
@@ -271,8 +271,8 @@ def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int) -> Any:
 
 def select_widths_task(source: Source, split: str, index: int, rule: Mapping) -> dict[str, Any]:
     """Task: the alignment argmax σ* of every layer at one (split, step)."""
-    from infoplane.kernels import label_gram
-    from infoplane.widths import alignment_width, select_width
+    from infoplane.core.kernels import label_gram
+    from infoplane.core.widths import alignment_width, select_width
 
     data = load_step(source, split, index)
     sigma = np.full(len(source.layers), np.nan)
@@ -313,8 +313,8 @@ def _layer_grams(
     failures: list[tuple[str, str]],
 ) -> dict[int, np.ndarray]:
     """Gram matrix of every estimable layer; fills ``sigma``/``sigma_star``/``boundary_hit``."""
-    from infoplane.kernels import gaussian_gram, multivariate_gram
-    from infoplane.widths import select_width
+    from infoplane.core.kernels import gaussian_gram, multivariate_gram
+    from infoplane.core.widths import select_width
 
     grams: dict[int, np.ndarray] = {}
     for i, layer in enumerate(source.layers):
@@ -323,7 +323,7 @@ def _layer_grams(
             continue
         try:
             if preset["kernel"] == "multivariate":
-                from infoplane.distance_cache import channel_distances
+                from infoplane.io.cache import channel_distances
 
                 d2c = channel_distances(source.store, split, store_index, layer)
                 dim = source.dims[i] // d2c.shape[0]
@@ -370,8 +370,8 @@ def estimate_step_task(
 
     ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here.
     """
-    from infoplane.entropy import renyi_entropy
-    from infoplane.kernels import gaussian_gram, label_gram
+    from infoplane.core.entropy import renyi_entropy
+    from infoplane.core.kernels import gaussian_gram, label_gram
 
     n_layers = len(source.layers)
     data = load_step(source, split, index, layers=preset["kernel"] != "multivariate")
@@ -415,7 +415,7 @@ def _information_plane(
     All layers go through one batched call; if it fails, layers are retried one at a time so a
     single bad layer costs only its own point.
     """
-    from infoplane.entropy import information_plane
+    from infoplane.core.entropy import information_plane
 
     order = sorted(grams)
     if not order:
@@ -448,7 +448,7 @@ def _client_or(client: Any, **cluster: Any) -> Iterator[Any]:
     if client is not None:
         yield client
         return
-    from infoplane.cluster import dask_client
+    from infoplane.estimate.cluster import dask_client
 
     with dask_client(**cluster) as own:
         yield own
@@ -478,8 +478,8 @@ def _batch_size(client: Any, n_calls: int) -> int:
 def _run_batched(
     client: Any, fn: Any, calls: Sequence[tuple], *, label: str, names: Sequence[str]
 ) -> list[Any]:
-    """:func:`infoplane.cluster.run_tasks` over batches of consecutive calls; results per call."""
-    from infoplane.cluster import run_tasks
+    """:func:`infoplane.estimate.cluster.run_tasks` over batches of consecutive calls; results per call."""
+    from infoplane.estimate.cluster import run_tasks
 
     size = _batch_size(client, len(calls))
     if size == 1:
@@ -559,10 +559,10 @@ def smooth_along_steps(
     """Smooth (S, L) widths along steps, per layer, skipping NaN points.
 
     With ``steps`` (training iterations) β applies per iteration (see
-    :func:`infoplane.widths.smooth_widths`); without, per captured step. A NaN point (not
+    :func:`infoplane.core.widths.smooth_widths`); without, per captured step. A NaN point (not
     estimable) neither resets nor poisons the average of the later steps.
     """
-    from infoplane.widths import smooth_widths
+    from infoplane.core.widths import smooth_widths
 
     smoothed = np.full(sigma_star.shape, np.nan)
     for layer in range(sigma_star.shape[1]):
@@ -605,7 +605,7 @@ def estimate(
         store recorded in the cache has moved.
     client
         A ``distributed.Client``; None starts a cluster from ``workers``/``scheduler_address``/
-        ``cluster_config`` (see :mod:`infoplane.cluster`) and closes it afterwards.
+        ``cluster_config`` (see :mod:`infoplane.estimate.cluster`) and closes it afterwards.
     keep_widths
         With a distance cache and the alignment rule: reuse the argmax widths of an
         earlier estimate with the same search (grid, points, label kernel), kept in the cache,

@@ -11,7 +11,7 @@ or stacked on ``run``) and on training metrics:
 - :func:`best_step` and :func:`early_stopping` — the step of best smoothed test accuracy;
 - :func:`compression_onset` — the step of the peak of smoothed I(X;T) of the last hidden layers;
 - :func:`data_processing_summary` — the share of (run, step, layer pair) points obeying the
-  data-processing order, pooled over the pairs of :func:`infoplane.plots.data_processing_share`;
+  data-processing order, pooled over the pairs of :func:`infoplane.report.plots.data_processing_share`;
 - :func:`saturation` — entropies as a fraction of their ceiling log2 N.
 
 Smoothing is over the index of the captured steps, not over iterations: capture schedules are
@@ -102,7 +102,7 @@ def smooth(data: xr.DataArray, window: int, *, dim: str = "step") -> xr.DataArra
 
 
 def _as_runs(mi: xr.Dataset) -> xr.Dataset:
-    from infoplane.plots import as_runs
+    from infoplane.report.plots import as_runs
 
     return as_runs(mi)
 
@@ -308,14 +308,14 @@ def best_step(data: xr.DataArray, *, window: int = 1, dim: str = "step") -> xr.D
 def metrics_array(
     table: pd.DataFrame, *, split: str = "test", metric: str = "accuracy"
 ) -> xr.DataArray:
-    """A metric of :func:`infoplane.plots.load_metrics` as a DataArray on (``run``, ``epoch``)."""
+    """A metric of :func:`infoplane.report.plots.load_metrics` as a DataArray on (``run``, ``epoch``)."""
     import xarray as xr
 
     needed = {"run", "epoch", "split", "metric", "value"}
     if not needed <= set(table.columns):
         raise InputError(
             f"metrics table needs columns {sorted(needed)}, got {list(table.columns)}; "
-            "read metrics.csv files with infoplane.plots.load_metrics"
+            "read metrics.csv files with infoplane.report.plots.load_metrics"
         )
     rows = table[(table["split"] == split) & (table["metric"] == metric)]
     if rows.empty:
@@ -401,7 +401,7 @@ def compression_onset(
 def data_processing_summary(mi: xr.Dataset, *, tol: float = 1e-6) -> pd.DataFrame:
     """Share of (run, step, layer pair) points obeying the data-processing order, per split.
 
-    Uses :func:`infoplane.plots.data_processing_share` for the per-pair shares and pools them
+    Uses :func:`infoplane.report.plots.data_processing_share` for the per-pair shares and pools them
     over the consecutive pairs (``chain`` left out), weighting each pair by its points.
 
     Returns
@@ -413,7 +413,7 @@ def data_processing_summary(mi: xr.Dataset, *, tol: float = 1e-6) -> pd.DataFram
     """
     import pandas as pd
 
-    from infoplane.plots import data_processing_share
+    from infoplane.report.plots import data_processing_share
 
     shares = data_processing_share(mi, tol=tol)
     pairs = [p for p in shares["pair"].values if str(p) != "chain"]

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from infoplane.distances import check_square_stack
+from infoplane.core.distances import check_square_stack
 from infoplane.errors import InputError
-from infoplane.kernels import EXP_FLOOR, check_distances
+from infoplane.core.kernels import EXP_FLOOR, check_distances
 
 __all__ = [
     "alignment_scores",

@@ -124,7 +124,7 @@ def _open_root(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
     if not (path / "zarr.json").is_file():
         raise StoreError(
             f"no activation store at {path} (no zarr.json); create one with "
-            "`infoplane train` or infoplane.store.create_store"
+            "`infoplane train` or infoplane.io.store.create_store"
         )
     try:
         # The files on disk are the truth; consolidated metadata is for other readers' speed.

@@ -4,7 +4,7 @@ One call of :func:`train_run` trains one run (experiment + seed) and writes, int
 directory (the parent of the store):
 
 - ``activations.zarr`` — the probe activations of every recorded layer at every scheduled step
-  (:mod:`infoplane.store`);
+  (:mod:`infoplane.io.store`);
 - ``metrics.csv`` — loss and accuracy on the full train and test splits (eval mode) before
   training (epoch 0) and after every epoch; columns ``epoch, step, split, loss, accuracy``;
 - ``iterations.csv`` — the mini-batch training loss of every iteration; columns ``step, epoch,
@@ -26,7 +26,7 @@ discarded, as the work directory is scratch.
 Randomness: every stream derives from the run's seed. Weight initialisation and dropout use
 torch's global generator (seeded before the model is built, saved in checkpoints); shuffling uses
 its own ``torch.Generator``; probe indices are a pure function of (seed, split, step) through
-:func:`infoplane.capture.probe_indices`, so they need no state of their own.
+:func:`infoplane.train.capture.probe_indices`, so they need no state of their own.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import numpy as np
 
 from infoplane.config import resolve_experiment, seed_from_run
 from infoplane.errors import ConfigError, StoreError, TrainingError
-from infoplane.schedule import capture_steps, epochs_of, iterations_per_epoch
+from infoplane.train.schedule import capture_steps, epochs_of, iterations_per_epoch
 
 if TYPE_CHECKING:
     import torch
@@ -431,8 +431,8 @@ def _check_layers(model, layers: Sequence[str]) -> None:
 def _prepare(settings: Mapping[str, Any], run: str, device_name: str | None) -> _Run:
     import torch
 
-    from infoplane.datasets import load_dataset
-    from infoplane.models import build_model, default_layers
+    from infoplane.train.datasets import load_dataset
+    from infoplane.train.models import build_model, default_layers
 
     settings = resolve_experiment(settings)  # a private, validated copy with defaults
     seed = seed_from_run(run, settings)
@@ -508,7 +508,7 @@ def _prepare(settings: Mapping[str, Any], run: str, device_name: str | None) -> 
 
 
 def _probe(r: _Run, split: str, step: int) -> np.ndarray:
-    from infoplane.capture import probe_indices
+    from infoplane.train.capture import probe_indices
 
     n_available = len(getattr(r.dataset, f"y_{split}"))
     return np.asarray(
@@ -526,7 +526,7 @@ def _probe(r: _Run, split: str, step: int) -> np.ndarray:
 def _record(r: _Run, inputs: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
-    from infoplane.capture import capture_activations
+    from infoplane.train.capture import capture_activations
 
     return capture_activations(
         r.model,
@@ -560,7 +560,7 @@ def _store_attrs(r: _Run) -> dict[str, Any]:
 
 
 def _create_store(r: _Run, path: Path):
-    from infoplane.store import create_store
+    from infoplane.io.store import create_store
 
     sample = _record(r, r.dataset.x_train[:2])
     layer_shapes = {name: tuple(a.shape[1:]) for name, a in sample.items()}
@@ -639,7 +639,7 @@ def _epoch_rows(r: _Run, epoch: int, step: int) -> list[dict[str, Any]]:
 
 def _start(r: _Run, store: Path, checkpoint: Path, restart: bool):
     """Open or create the store; returns (writer, checkpoint state or None)."""
-    from infoplane.store import open_writer
+    from infoplane.io.store import open_writer
 
     if restart:
         checkpoint.unlink(missing_ok=True)

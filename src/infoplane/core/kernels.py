@@ -2,7 +2,7 @@
 
 Convention (the paper's code): κ_σ(a, b) = exp(−‖a − b‖² / σ²), no factor 2. On flattened
 activation tensors this is the tensor kernel; widths from rules stated for exp(−d²/(2s²)) convert
-with σ = √2·s (see :mod:`infoplane.widths`).
+with σ = √2·s (see :mod:`infoplane.core.widths`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infoplane.distances import check_square_stack
+from infoplane.core.distances import check_square_stack
 from infoplane.errors import InputError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def check_distances(d2: Any, what: str = "d2") -> np.ndarray:
     if d2.size and d2.min() < 0:
         raise InputError(
             f"{what} has negative entries; squared distances must be >= 0 "
-            "(compute them with infoplane.distances.squared_distances)"
+            "(compute them with infoplane.core.distances.squared_distances)"
         )
     return d2
 
@@ -132,7 +132,7 @@ def multivariate_gram(d2_channels: Any, sigmas: Any) -> np.ndarray:
     Parameters
     ----------
     d2_channels : array_like, shape (C, N, N)
-        Per-channel squared distances (:func:`infoplane.distances.channel_squared_distances`).
+        Per-channel squared distances (:func:`infoplane.core.distances.channel_squared_distances`).
     sigmas : float or array_like, shape (C,)
         Per-channel widths, or one shared width.
 

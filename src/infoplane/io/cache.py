@@ -116,7 +116,7 @@ def read_store_plan(store: str | Path, splits: Sequence[str] | None = None) -> S
     if not layers:
         raise StoreError(
             f"{path} is not an activation store: its attributes lack 'layers' "
-            "(write it with infoplane.store.create_store)"
+            "(write it with infoplane.io.store.create_store)"
         )
     available = [name for name in SPLITS if name in root]
     wanted = list(splits) if splits else available
@@ -174,7 +174,7 @@ def _distances_or_nan(values: np.ndarray) -> tuple[np.ndarray, bool]:
     A diverged run's NaN/Inf activations become a flagged NaN point, not an error, so the other
     layers and steps are still computed.
     """
-    from infoplane.distances import squared_distances
+    from infoplane.core.distances import squared_distances
 
     n = values.shape[0]
     if not np.isfinite(values).all():
@@ -250,7 +250,7 @@ def channel_distances(store: str, split: str, store_index: int, layer: str) -> n
 
     A layer of vectors (D,) is one channel. Raises InputError on NaN/Inf activations.
     """
-    from infoplane.distances import channel_squared_distances, squared_distances
+    from infoplane.core.distances import channel_squared_distances, squared_distances
 
     values = _read_step(store, _open_group(store)[split], layer, store_index, split)
     if values.ndim == 2:
@@ -452,7 +452,7 @@ def compute_distances(
     overwrite
         Start afresh even if ``out`` holds a compatible, partly done cache.
     client
-        A ``distributed.Client`` to run on; None starts one (see :mod:`infoplane.cluster`).
+        A ``distributed.Client`` to run on; None starts one (see :mod:`infoplane.estimate.cluster`).
 
     Returns
     -------
@@ -460,7 +460,7 @@ def compute_distances(
         ``computed`` and ``skipped`` step counts and the ``nonfinite`` points
         ``(split, step, layer)``.
     """
-    from infoplane.cluster import dask_client, run_tasks
+    from infoplane.estimate.cluster import dask_client, run_tasks
 
     plan = read_store_plan(store, splits)
     out = Path(out)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import special
 from scipy.sparse import csgraph, csr_matrix
 
-from infoplane.distances import check_square_stack
+from infoplane.core.distances import check_square_stack
 from infoplane.errors import InputError
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""Reading results for people: invariant checks, claim metrics and figures."""
