@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from infoplane.report import analysis
 from infoplane.errors import InputError
+from infoplane.report import analysis
 
 STEPS = np.array([0, 10, 20, 30, 40, 80, 160, 240, 320])
 EPOCHS = STEPS / 80.0

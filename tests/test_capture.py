@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane.train.capture import capture_activations, modules_of_type, probe_indices
 from infoplane.errors import InputError, TrainingError
+from infoplane.train.capture import capture_activations, modules_of_type, probe_indices
 
 
 class Block(nn.Module):

@@ -5,11 +5,12 @@ import pytest
 import xarray as xr
 from estimation_fixtures import client, make_store  # noqa: F401
 
-from infoplane.report.checks import check_result, nan_points
 from infoplane.cli import main
 from infoplane.errors import StoreError
-from infoplane.estimate.pipeline import estimate, stack_runs, write_result
+from infoplane.estimate.pipeline import estimate
+from infoplane.io.results import stack_runs, write_result
 from infoplane.presets import resolve_preset
+from infoplane.report.checks import check_result, nan_points
 
 
 def consistent_result(n_steps=3, layers=("a", "b")) -> xr.Dataset:

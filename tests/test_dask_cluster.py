@@ -11,6 +11,7 @@ import xarray as xr
 from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
+from infoplane.errors import ConfigError
 from infoplane.estimate.cluster import (
     BLAS_ENV,
     cluster_settings,
@@ -19,9 +20,9 @@ from infoplane.estimate.cluster import (
     run_tasks,
     slurm_cluster_kwargs,
 )
+from infoplane.estimate.pipeline import estimate
 from infoplane.io.cache import compute_distances
-from infoplane.errors import ConfigError
-from infoplane.estimate.pipeline import estimate, open_result
+from infoplane.io.results import open_result
 from infoplane.presets import resolve_preset
 
 DASK = Path(sys.executable).parent / "dask"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infoplane.errors import ConfigError, DataError
 from infoplane.train.datasets import (
     DATA_URL_ENV,
     KNOWN_SHA256,
@@ -29,7 +30,6 @@ from infoplane.train.datasets import (
     read_idx,
     stratified_split,
 )
-from infoplane.errors import ConfigError, DataError
 
 MNIST_TEST_HISTOGRAM = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 

@@ -8,6 +8,7 @@ from estimation_fixtures import client, make_store, reference_distances  # noqa:
 
 import infoplane
 from infoplane.cli import main
+from infoplane.errors import StoreError
 from infoplane.io.cache import (
     AlignmentWidths,
     NaNPointWarning,
@@ -19,7 +20,6 @@ from infoplane.io.cache import (
     write_cached_widths,
     write_step,
 )
-from infoplane.errors import StoreError
 
 STEPS = (0, 10, 20, 30)
 

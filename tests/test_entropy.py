@@ -18,9 +18,9 @@ from infoplane.core.entropy import (
     renyi_entropy,
     renyi_entropy_torch,
 )
-from infoplane.errors import InputError
 from infoplane.core.kernels import gaussian_gram, label_gram
 from infoplane.core.widths import alignment_width
+from infoplane.errors import InputError
 
 ALPHAS = [0.5, 1.0, 1.01, 2.0, 3.0, 5.5]
 TOL = 1e-9

@@ -9,9 +9,10 @@ import xarray as xr
 from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
-from infoplane.io.cache import NaNPointWarning, compute_distances
 from infoplane.core.distances import squared_distances
 from infoplane.core.entropy import information_plane
+from infoplane.core.kernels import gaussian_gram, label_gram
+from infoplane.core.widths import alignment_width, smooth_widths
 from infoplane.errors import ConfigError, StoreError
 from infoplane.estimate.pipeline import (
     LAYER_VARIABLES,
@@ -19,14 +20,12 @@ from infoplane.estimate.pipeline import (
     _batch_size,
     _run_batched,
     estimate,
-    open_result,
     smooth_along_steps,
-    stack_runs,
 )
-from infoplane.core.kernels import gaussian_gram, label_gram
-from infoplane.presets import resolve_preset
+from infoplane.io.cache import NaNPointWarning, compute_distances
+from infoplane.io.results import open_result, stack_runs
 from infoplane.io.store import open_activations
-from infoplane.core.widths import alignment_width, smooth_widths
+from infoplane.presets import resolve_preset
 
 STEPS = (0, 10, 20, 30)
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from infoplane.report import plots
 from infoplane.errors import InputError
+from infoplane.report import plots
 
 LAYERS = ("fc1", "fc2", "fc3", "softmax")
 
@@ -240,7 +240,7 @@ def test_load_metrics_rejects_a_table_without_epochs(tmp_path):
 
 @pytest.mark.slow
 def test_plot_estimates_writes_every_figure_from_a_zarr_store(tmp_path, mi):
-    from infoplane.estimate.pipeline import write_result
+    from infoplane.io.results import write_result
 
     write_result(mi, tmp_path / "paper.zarr")  # the writer of `infoplane estimate` and `stack`
     written = plots.plot_estimates(tmp_path / "paper.zarr", tmp_path / "plots")

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from estimation_fixtures import client  # noqa: F401
 
+from infoplane.config import experiment_settings, load_config
+from infoplane.estimate.pipeline import estimate
+from infoplane.io.cache import compute_distances
+from infoplane.presets import resolve_preset
 from infoplane.report import analysis
 from infoplane.report.checks import check_result, nan_points
-from infoplane.config import experiment_settings, load_config
-from infoplane.io.cache import compute_distances
-from infoplane.estimate.pipeline import estimate
 from infoplane.report.plots import load_metrics
-from infoplane.presets import resolve_preset
 from infoplane.train.training import train_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "config.yaml"

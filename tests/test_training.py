@@ -13,11 +13,11 @@ import zarr
 
 from infoplane.cli import main as cli_main
 from infoplane.config import experiment_settings, load_config
-from infoplane.train.datasets import load_dataset
 from infoplane.errors import ConfigError, TrainingError
+from infoplane.io.store import open_activations, validate_store
+from infoplane.train.datasets import load_dataset
 from infoplane.train.models import build_model
 from infoplane.train.schedule import capture_steps
-from infoplane.io.store import open_activations, validate_store
 from infoplane.train.training import (
     CHECKPOINT_FILE,
     ITERATIONS_FILE,

@@ -7,7 +7,6 @@ from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import pdist
 
 from infoplane.core.distances import squared_distances
-from infoplane.errors import InputError
 from infoplane.core.kernels import gaussian_gram, label_gram
 from infoplane.core.widths import (
     alignment_scores,
@@ -19,6 +18,7 @@ from infoplane.core.widths import (
     smooth_widths,
     width_grid,
 )
+from infoplane.errors import InputError
 
 
 def _layer(rng, n=30, dim=8, classes=4):

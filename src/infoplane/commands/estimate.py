@@ -87,7 +87,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_stack(args: argparse.Namespace) -> int:
-    from infoplane.estimate.pipeline import stack_runs, write_result
+    from infoplane.io.results import stack_runs, write_result
 
     stacked = stack_runs(args.results, args.runs)
     write_result(stacked, args.out)

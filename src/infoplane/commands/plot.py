@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from infoplane.report import plots
     from infoplane.errors import InputError
+    from infoplane.report import plots
 
     if args.mi is None and not args.metrics:
         raise InputError("nothing to plot: give MI (an mi/<preset>.zarr) and/or --metrics CSV ...")

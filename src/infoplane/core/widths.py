@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 
 from infoplane.core.distances import check_square_stack
-from infoplane.errors import InputError
 from infoplane.core.kernels import EXP_FLOOR, check_distances
+from infoplane.errors import InputError
 
 __all__ = [
     "alignment_scores",

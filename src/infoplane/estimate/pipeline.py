@@ -34,9 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from infoplane.errors import ConfigError, InputError, StoreError
 from infoplane.io.cache import (
     SPLITS,
     AlignmentWidths,
@@ -55,7 +53,7 @@ from infoplane.io.cache import (
     warn_nan_points,
     write_cached_widths,
 )
-from infoplane.errors import ConfigError, InputError, StoreError
+from infoplane.io.results import write_result
 from infoplane.presets import needs_activations, preset_to_json, validate_preset
 
 log = logging.getLogger(__name__)
@@ -743,93 +741,3 @@ def _assemble(
             value = attrs[key]
             result_attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
     return xr.Dataset(data, coords=coords, attrs=result_attrs)
-
-
-def write_result(dataset: Any, out: str | Path) -> None:
-    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
-        dataset.to_zarr(str(tmp), mode="w", consolidated=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
-def open_result(path: str | Path) -> Any:
-    """A result file as an in-memory Dataset."""
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"result {path} does not exist; run `infoplane estimate` first")
-    with xr.open_zarr(str(path)) as dataset:
-        return dataset.load()
-
-
-def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any:
-    """Stack the results of several runs (same preset) on a new ``run`` dimension.
-
-    Parameters
-    ----------
-    sources
-        Result paths or Datasets.
-    runs
-        Names of the runs; default: each result's ``run`` attribute.
-
-    Raises
-    ------
-    StoreError
-        The results were made with different presets, or run names repeat.
-    """
-    import xarray as xr
-
-    datasets = [open_result(s) if isinstance(s, (str, Path)) else s for s in sources]
-    if not datasets:
-        raise InputError("stack_runs needs at least one result")
-    if runs is None:
-        runs = [str(d.attrs.get("run", f"run{i}")) for i, d in enumerate(datasets)]
-    runs = list(runs)
-    presets = {d.attrs.get("preset") for d in datasets}
-    if len(presets) != 1:
-        names = sorted({str(d.attrs.get("estimator")) for d in datasets})
-        raise StoreError(
-            f"cannot stack results of different estimator presets ({', '.join(names)}); "
-            "stack the results of one preset at a time"
-        )
-    if len(runs) != len(datasets) or len(set(runs)) != len(runs):
-        raise StoreError(
-            f"run names must be unique, one per result; got {runs} (pass --runs / runs=...)"
-        )
-    stacked = xr.concat(
-        [d.drop_vars("epoch", errors="ignore") for d in datasets],
-        dim=xr.DataArray(np.array(runs, dtype=object), dims="run", name="run"),
-        join="outer",
-        fill_value={"boundary_hit": False},
-        combine_attrs="drop",
-        coords="minimal",
-        compat="override",
-    )
-    # a step's epoch is the same in every run that captured it
-    if all("epoch" in d.coords for d in datasets):
-        epoch = np.full(stacked.sizes["step"], np.nan)
-        for d in datasets:
-            at = np.searchsorted(stacked["step"].values, d["step"].values)
-            epoch[at] = np.where(np.isnan(epoch[at]), d["epoch"].values, epoch[at])
-        stacked = stacked.assign_coords(epoch=("step", epoch))
-    first = datasets[0].attrs
-    stacked.attrs = {
-        "estimator": first.get("estimator", ""),
-        "preset": first.get("preset", ""),
-        "runs": json.dumps(runs),
-        "sources": json.dumps([str(d.attrs.get("source", "")) for d in datasets]),
-        "infoplane_version": first.get("infoplane_version", ""),
-        "units": "bits",
-    }
-    experiments = {d.attrs.get("experiment") for d in datasets}
-    if len(experiments) == 1 and None not in experiments:
-        stacked.attrs["experiment"] = experiments.pop()
-    return stacked

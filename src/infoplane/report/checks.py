@@ -149,7 +149,7 @@ def nan_points(result: Any) -> list[dict[str, Any]]:
 
 def _as_dataset(result: Any) -> Any:
     if isinstance(result, (str, Path)):
-        from infoplane.estimate.pipeline import open_result
+        from infoplane.io.results import open_result
 
         result = open_result(result)
     lacking = [name for name in _REQUIRED if name not in result]

@@ -1,0 +1,114 @@
+"""The estimates ``mi/<estimator>.zarr``: the one module that writes, reads and stacks them.
+
+Layout (an xarray Dataset; entropies in bits)::
+
+    dims (split, step, layer):  I_XT, I_TY, H_T, H_XT, H_TY, sigma (width used), sigma_star
+                                (per-step argmax before smoothing; NaN for other rules),
+                                clipped_mass, boundary_hit
+    dims (split, step):         H_X, H_Y, sigma_x
+    dims (split,):              n_samples
+    coordinates:                split, step, epoch(step), layer
+    attributes:                 estimator, preset (canonical JSON), source, store, run,
+                                experiment, seed, model, dataset, infoplane_version, units,
+                                nan_points (JSON list of [split, step, layer, reason], when any)
+
+A stacked, experiment-level file adds a leading ``run`` dimension and the attributes ``runs`` and
+``sources``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infoplane.errors import InputError, StoreError
+from infoplane.io.files import replacing
+
+
+def write_result(dataset: Any, out: str | Path) -> None:
+    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete."""
+    import warnings
+
+    with replacing(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
+        dataset.to_zarr(str(tmp), mode="w", consolidated=True)
+
+
+def open_result(path: str | Path) -> Any:
+    """A result file as an in-memory Dataset."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"result {path} does not exist; run `infoplane estimate` first")
+    with xr.open_zarr(str(path)) as dataset:
+        return dataset.load()
+
+
+def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any:
+    """Stack the results of several runs (same preset) on a new ``run`` dimension.
+
+    Parameters
+    ----------
+    sources
+        Result paths or Datasets.
+    runs
+        Names of the runs; default: each result's ``run`` attribute.
+
+    Raises
+    ------
+    StoreError
+        The results were made with different presets, or run names repeat.
+    """
+    import xarray as xr
+
+    datasets = [open_result(s) if isinstance(s, (str, Path)) else s for s in sources]
+    if not datasets:
+        raise InputError("stack_runs needs at least one result")
+    if runs is None:
+        runs = [str(d.attrs.get("run", f"run{i}")) for i, d in enumerate(datasets)]
+    runs = list(runs)
+    presets = {d.attrs.get("preset") for d in datasets}
+    if len(presets) != 1:
+        names = sorted({str(d.attrs.get("estimator")) for d in datasets})
+        raise StoreError(
+            f"cannot stack results of different estimator presets ({', '.join(names)}); "
+            "stack the results of one preset at a time"
+        )
+    if len(runs) != len(datasets) or len(set(runs)) != len(runs):
+        raise StoreError(
+            f"run names must be unique, one per result; got {runs} (pass --runs / runs=...)"
+        )
+    stacked = xr.concat(
+        [d.drop_vars("epoch", errors="ignore") for d in datasets],
+        dim=xr.DataArray(np.array(runs, dtype=object), dims="run", name="run"),
+        join="outer",
+        fill_value={"boundary_hit": False},
+        combine_attrs="drop",
+        coords="minimal",
+        compat="override",
+    )
+    # a step's epoch is the same in every run that captured it
+    if all("epoch" in d.coords for d in datasets):
+        epoch = np.full(stacked.sizes["step"], np.nan)
+        for d in datasets:
+            at = np.searchsorted(stacked["step"].values, d["step"].values)
+            epoch[at] = np.where(np.isnan(epoch[at]), d["epoch"].values, epoch[at])
+        stacked = stacked.assign_coords(epoch=("step", epoch))
+    first = datasets[0].attrs
+    stacked.attrs = {
+        "estimator": first.get("estimator", ""),
+        "preset": first.get("preset", ""),
+        "runs": json.dumps(runs),
+        "sources": json.dumps([str(d.attrs.get("source", "")) for d in datasets]),
+        "infoplane_version": first.get("infoplane_version", ""),
+        "units": "bits",
+    }
+    experiments = {d.attrs.get("experiment") for d in datasets}
+    if len(experiments) == 1 and None not in experiments:
+        stacked.attrs["experiment"] = experiments.pop()
+    return stacked
