@@ -158,10 +158,11 @@ class PeakMemory:
 
 def _warm_up() -> None:
     """Import the estimation stack in a worker before anything is timed."""
-    import infoplane.io.cache
     import infoplane.core.entropy
+    import infoplane.core.plane
+    import infoplane.core.widths
     import infoplane.estimate.pipeline
-    import infoplane.core.widths  # noqa: F401
+    import infoplane.io.cache  # noqa: F401
 
 
 def _cpu_seconds() -> float:
@@ -193,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from infoplane.estimate.cluster import dask_client
-    from infoplane.io.cache import compute_distances
+    from infoplane.estimate.distances import compute_distances
     from infoplane.estimate.pipeline import estimate
     from infoplane.presets import resolve_preset
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test suite."""
+"""Fixtures shared by the test suite; stores and result assertions are in infoplane.testing."""
 
 from __future__ import annotations
 
@@ -23,3 +23,21 @@ def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real MNIST files not found in {MNIST_DIR}")
     return MNIST_DIR
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One in-process cluster (two single-threaded workers) shared by a test module.
+
+    Threads start in a fraction of the time of worker processes, which import the whole stack
+    first; test_dask_cluster.py runs the real process clusters.
+    """
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as shared,
+    ):
+        yield shared

@@ -4,6 +4,7 @@
 printing ``wrote <array path> <row>`` after each array write and ``captured <step>`` after each
 complete step; the delay after every array write gives a test time to kill it mid-step.
 The data are a pure function of (split, step), so a test can build the uninterrupted store.
+The store is created by infoplane.testing.make_store (nothing captured) before writes slow down.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infoplane.io.store import ActivationStoreWriter, create_store
+from infoplane.io.store import ActivationStoreWriter, open_writer
+from infoplane.testing import make_store
 
 STEPS = np.arange(0, 120, 10)
 EPOCHS = STEPS / 40.0
@@ -52,15 +54,18 @@ SPLIT_CODES = {"train": 0, "test": 1}
 
 
 def new_store(path: Path) -> ActivationStoreWriter:
-    return create_store(
+    """The store with every step planned and none captured, and its writer."""
+    store = make_store(
         path,
         steps=STEPS,
         epochs=EPOCHS,
-        n_samples=N_SAMPLES,
+        n=N_SAMPLES,
         input_shape=INPUT_SHAPE,
-        layer_shapes=LAYER_SHAPES,
+        layers=LAYER_SHAPES,
         attrs=ATTRS,
+        captured=(),
     )
+    return open_writer(store)
 
 
 def write_steps(writer: ActivationStoreWriter, start: int = 0, *, report: bool = False) -> None:

@@ -288,3 +288,19 @@ def test_paired_difference_pairs_runs_before_taking_the_spread():
     assert unpaired["std_drop"] > 0.5  # the spread between runs that pairing removes
     with pytest.raises(InputError, match="not in both"):
         analysis.paired_difference(train, test.isel(run=slice(0, 2)))
+
+
+def test_analysis_imports_neither_the_figures_nor_matplotlib():
+    # computations feed the figures, never the other way round
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, infoplane.report.analysis; "
+        "print(sorted(m for m in sys.modules "
+        "if m == 'infoplane.report.plots' or m.split('.')[0] == 'matplotlib'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"

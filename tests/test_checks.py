@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
 from infoplane.errors import StoreError
@@ -11,6 +10,7 @@ from infoplane.estimate.pipeline import estimate
 from infoplane.io.results import stack_runs, write_result
 from infoplane.presets import resolve_preset
 from infoplane.report.checks import check_result, nan_points
+from infoplane.testing import assert_invariants, make_store
 
 
 def consistent_result(n_steps=3, layers=("a", "b")) -> xr.Dataset:
@@ -97,6 +97,14 @@ def test_log2n_bound_uses_each_splits_probe_size():
         check_result(ds.drop_attrs())
 
 
+def test_missing_or_unreadable_result_files_name_the_remedy(tmp_path):
+    with pytest.raises(StoreError, match=r"does not exist; run `infoplane estimate`"):
+        check_result(tmp_path / "missing.zarr")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(StoreError, match=r"cannot read result .*`infoplane estimate`"):
+        check_result(tmp_path / "empty.zarr")
+
+
 def test_tolerance():
     ds = consistent_result()
     point = {"split": "train", "step": 0, "layer": "a"}
@@ -141,8 +149,8 @@ def test_check_command_exit_codes(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nan.zarr"), "--fail-on-nan"]) == 1
 
 
-def test_real_estimates_satisfy_every_invariant(tmp_path, client):  # noqa: F811
+def test_real_estimates_satisfy_every_invariant(tmp_path, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=10)
     for name in ("paper", "paper-alpha1.01", "silverman", "multivariate"):
         result = estimate(store, resolve_preset(None, name), name=name, client=client)
-        assert check_result(result) == [], name
+        assert_invariants(result)

@@ -1,9 +1,14 @@
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
 from infoplane.config import (
+    ACTIVATIONS,
+    MODEL_NAMES,
+    MODEL_OPTIONS,
     config_schema,
     experiment_settings,
     load_config,
@@ -12,6 +17,7 @@ from infoplane.config import (
     validate_config,
 )
 from infoplane.errors import ConfigError
+from infoplane.presets import BUILTIN_PRESETS
 
 MINIMAL = """
 run: [digits_mlp]
@@ -124,6 +130,7 @@ def test_validation_is_idempotent(tmp_path):
         ("seeds: []", r"seeds"),
         ("seeds: [0, 0]", r"seeds"),
         ("estimators: [nope]", r"estimators\[0\]: unknown estimator preset 'nope'"),
+        ("estimators: [nope]", r"estimators\[0\]: .*available: paper, paper-alpha1\.01"),
     ],
 )
 def test_bad_values_name_the_key_path(tmp_path, edit, expected):
@@ -202,3 +209,72 @@ def test_resolve_experiment_fills_and_checks_hand_written_settings(tmp_path):
         resolve_experiment(
             {"dataset": {"name": "digits"}, "model": {"name": "mlp", "dropout": 0.1}}
         )
+
+
+def test_experiments_name_builtin_presets_without_defining_them(tmp_path):
+    text = MINIMAL + "    estimators: [" + ", ".join(BUILTIN_PRESETS) + "]\n"
+    config = load_config(write(tmp_path, text))
+    assert config["estimators"] == {}
+    assert experiment_settings(config, "digits_mlp")["estimators"] == list(BUILTIN_PRESETS)
+    own = MINIMAL + "    estimators: [mine, paper]\nestimators:\n  mine: {alpha: 2.0}\n"
+    assert load_config(write(tmp_path, own, "own.yaml"))["estimators"] == {"mine": {"alpha": 2.0}}
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + b"# \xe9t\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+# --- the schema's enums are the Python definitions ------------------------------------------
+# The schema is YAML that Snakemake's `validate` reads as a file, so it spells the names out;
+# these tests keep it equal to infoplane.config (and to the dataset loaders).
+
+
+def _model_schema() -> dict:
+    return config_schema()["$defs"]["experiment"]["properties"]["model"]
+
+
+def test_schema_model_names_and_activations_are_the_python_ones():
+    properties = _model_schema()["properties"]
+    assert properties["name"]["enum"] == list(MODEL_NAMES)
+    assert properties["activation"]["enum"] == list(ACTIVATIONS)
+    assert properties["activation"]["default"] == ACTIVATIONS[0] == "tanh"
+
+
+def test_schema_model_options_are_the_python_ones():
+    options = set(_model_schema()["properties"]) - {"name", "activation"}
+    assert options == {option for names in MODEL_OPTIONS.values() for option in names}
+    assert tuple(MODEL_OPTIONS) == MODEL_NAMES
+
+
+def test_schema_dataset_names_are_the_loaders():
+    from infoplane.train.datasets import DATASET_NAMES
+
+    dataset = config_schema()["$defs"]["experiment"]["properties"]["dataset"]
+    assert dataset["properties"]["name"]["enum"] == list(DATASET_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [(name, option) for name in MODEL_NAMES for option in ("hidden", "batch_norm", "dropout")],
+)
+def test_model_options_are_checked_per_model(tmp_path, name, option):
+    value = {"hidden": [8], "batch_norm": True, "dropout": 0.1}[option]
+    text = MINIMAL.replace("model: {name: mlp}", f"model: {{name: {name}, {option}: {value}}}")
+    if option in MODEL_OPTIONS[name]:
+        assert load_config(write(tmp_path, text))["experiments"]["digits_mlp"]["model"][option]
+    else:
+        with pytest.raises(ConfigError, match=rf"model\.{option}: not an option of model {name}"):
+            load_config(write(tmp_path, text))
+
+
+def test_config_and_presets_import_light():
+    heavy = "('torch', 'dask', 'zarr', 'xarray', 'matplotlib')"
+    code = (
+        "import sys, infoplane.config, infoplane.presets; "
+        f"print(any(m in sys.modules for m in {heavy}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

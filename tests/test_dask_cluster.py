@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
-from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
 from infoplane.errors import ConfigError
@@ -20,10 +18,11 @@ from infoplane.estimate.cluster import (
     run_tasks,
     slurm_cluster_kwargs,
 )
+from infoplane.estimate.distances import compute_distances
 from infoplane.estimate.pipeline import estimate
-from infoplane.io.cache import compute_distances
 from infoplane.io.results import open_result
 from infoplane.presets import resolve_preset
+from infoplane.testing import assert_results_allclose, make_store
 
 DASK = Path(sys.executable).parent / "dask"
 
@@ -96,7 +95,7 @@ def test_cluster_config_may_sit_in_the_estimator_config(tmp_path):
 # --- running tasks ---------------------------------------------------------------------------
 
 
-def test_progress_is_logged_when_not_on_a_terminal(client, caplog):  # noqa: F811
+def test_progress_is_logged_when_not_on_a_terminal(client, caplog):
     caplog.set_level(logging.INFO, logger="infoplane.estimate.cluster")
     assert run_tasks(client, abs, [(-1,), (-2,), (3,)], label="demo") == [1, 2, 3]
     assert "demo: 3/3 tasks finished" in caplog.text
@@ -112,12 +111,8 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_run, client):  # noqa: F811
+def reference(tiny_run, client):
     return estimate(tiny_run, resolve_preset(None, "paper"), name="paper", client=client)
-
-
-def assert_same(result, reference):
-    xr.testing.assert_allclose(result.drop_attrs(), reference.drop_attrs(), rtol=0, atol=1e-10)
 
 
 @pytest.mark.slow
@@ -129,7 +124,7 @@ def test_local_process_clusters_give_identical_results(tiny_run, reference, work
         env = own.run(lambda: {k: os.environ.get(k) for k in BLAS_ENV})
         assert all(e == BLAS_ENV for e in env.values())
         result = estimate(tiny_run, resolve_preset(None, "paper"), name="paper", client=own)
-    assert_same(result, reference)
+    assert_results_allclose(result, reference, rtol=0, atol=1e-10)
 
 
 @pytest.fixture
@@ -199,6 +194,6 @@ def test_separate_scheduler_and_worker_give_identical_results(
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
     args = ["estimate", str(cache), "--estimator", "paper", "--out", str(out)]
     assert main([*args, "--scheduler-address", external_scheduler]) == 0
-    assert_same(open_result(out), reference)
+    assert_results_allclose(open_result(out), reference, rtol=0, atol=1e-10)
     assert compute_distances(tiny_run, cache)["computed"] == 0  # complete: nothing to redo
     np.testing.assert_array_equal(open_result(out)["step"], [0, 10, 20])

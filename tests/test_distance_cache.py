@@ -4,22 +4,20 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from estimation_fixtures import client, make_store, reference_distances  # noqa: F401
 
 import infoplane
 from infoplane.cli import main
-from infoplane.errors import StoreError
+from infoplane.errors import NaNPointWarning, StoreError
+from infoplane.estimate.distances import compute_distances, distances_task
 from infoplane.io.cache import (
     AlignmentWidths,
-    NaNPointWarning,
-    compute_distances,
     create_cache,
     is_distance_cache,
     read_cached_widths,
-    read_store_plan,
     write_cached_widths,
-    write_step,
 )
+from infoplane.io.store import open_activations, read_store_plan
+from infoplane.testing import make_store
 
 STEPS = (0, 10, 20, 30)
 
@@ -35,7 +33,21 @@ def open_split(path, split):
         return view.load()
 
 
-def test_cache_layout_and_values_match_an_independent_reference(store, tmp_path, client):  # noqa: F811
+def reference_distances(store, split):
+    """Squared distances of every captured step computed independently (plain numpy, per pair)."""
+    view = open_activations(store, split)
+    out = {}
+    for name in ["x", *view.attrs["layers"]]:
+        values = np.asarray(view[name].values, dtype=np.float64)
+        flat = values.reshape(values.shape[0], values.shape[1], -1)
+        diff = flat[:, :, None, :] - flat[:, None, :, :]
+        out[name] = (diff**2).sum(axis=-1)
+    out["y"] = np.asarray(view["y"].values)
+    out["step"] = np.asarray(view["step"].values)
+    return out
+
+
+def test_cache_layout_and_values_match_an_independent_reference(store, tmp_path, client):
     out = tmp_path / "distances.zarr"
     summary = compute_distances(store, out, client=client)
     assert summary == {"computed": 6, "skipped": 0, "nonfinite": []}
@@ -62,14 +74,14 @@ def test_cache_layout_and_values_match_an_independent_reference(store, tmp_path,
             np.testing.assert_allclose(cache["d2"][:, k], ref[layer], rtol=1e-9, atol=1e-9)
 
 
-def test_rerun_skips_done_steps_and_completes_an_interrupted_cache(store, tmp_path, client):  # noqa: F811
+def test_rerun_skips_done_steps_and_completes_an_interrupted_cache(store, tmp_path, client):
     full = tmp_path / "full.zarr"
     compute_distances(store, full, client=client)
     # an interrupted run: the cache exists, one step is done (with a marker value), rest not
     out = tmp_path / "distances.zarr"
     plan = read_store_plan(store)
     create_cache(out, plan)
-    write_step(plan.path, str(out), "train", 1, 1, plan.layers)
+    distances_task(plan.path, str(out), "train", 1, 1, plan.layers)
     group = zarr.open_group(str(out), mode="r+")["train"]
     marked = np.asarray(group["d2"][1]).copy()
     marked[0, 0, 1] = -7.0  # a done step must not be recomputed
@@ -85,12 +97,12 @@ def test_rerun_skips_done_steps_and_completes_an_interrupted_cache(store, tmp_pa
     assert compute_distances(store, out)["computed"] == 0
 
 
-def test_failed_step_keeps_finished_ones_and_a_rerun_completes_it(store, tmp_path, client):  # noqa: F811
+def test_failed_step_keeps_finished_ones_and_a_rerun_completes_it(store, tmp_path, client):
     out = tmp_path / "distances.zarr"
     chunk = store / "test" / "fc" / "c" / "1" / "0" / "0"
     saved = chunk.read_bytes()
     chunk.unlink()  # a damaged store: one chunk of a captured step is gone
-    with pytest.raises(StoreError, match=r"split test, step 10, variable 'fc'"):
+    with pytest.raises(StoreError, match=r"split 'test', variable 'fc', step 10"):
         compute_distances(store, out, client=client)
     done = {s: open_split(out, s)["done"].values for s in ("train", "test")}
     assert done["train"].all()
@@ -100,7 +112,7 @@ def test_failed_step_keeps_finished_ones_and_a_rerun_completes_it(store, tmp_pat
     assert open_split(out, "test")["done"].values.all()
 
 
-def test_incompatible_cache_is_refused_unless_overwritten(store, tmp_path, client):  # noqa: F811
+def test_incompatible_cache_is_refused_unless_overwritten(store, tmp_path, client):
     out = tmp_path / "distances.zarr"
     compute_distances(store, out, splits=["train"], client=client)
     other = make_store(tmp_path / "other.zarr", steps=(0, 5), n=12)
@@ -115,7 +127,7 @@ def test_incompatible_cache_is_refused_unless_overwritten(store, tmp_path, clien
         compute_distances(retrained, out, splits=["train"], client=client)
 
 
-def test_nonfinite_activations_give_flagged_nan_points(tmp_path, client):  # noqa: F811
+def test_nonfinite_activations_give_flagged_nan_points(tmp_path, client):
     store = make_store(
         tmp_path / "s.zarr", steps=(0, 10), n=10, nan_points=[("train", 10, "fc")], run="seed3"
     )
@@ -140,7 +152,7 @@ def test_store_errors_are_clear(tmp_path):
         read_store_plan(empty)
 
 
-def test_distances_command_resumes_and_reports(tmp_path, capsys, client):  # noqa: F811
+def test_distances_command_resumes_and_reports(tmp_path, capsys, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
     out = tmp_path / "d.zarr"
     address = ["--scheduler-address", client.scheduler.address]
@@ -153,7 +165,7 @@ def test_distances_command_resumes_and_reports(tmp_path, capsys, client):  # noq
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_kept_widths_written_twice_keep_the_first_entry(store, tmp_path, client, caplog):  # noqa: F811
+def test_kept_widths_written_twice_keep_the_first_entry(store, tmp_path, client, caplog):
     cache = tmp_path / "distances.zarr"
     compute_distances(store, cache, splits=["train"], client=client)
     steps = np.asarray(open_split(cache, "train")["step"])

@@ -7,12 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from infoplane.core.distances import (
-    channel_squared_distances,
-    squared_distances,
-    squared_distances_torch,
-)
+from infoplane.core.distances import channel_squared_distances, squared_distances
 from infoplane.errors import InputError
+from infoplane.torch_core import squared_distances_torch
 
 torch = pytest.importorskip("torch")
 

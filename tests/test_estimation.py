@@ -6,32 +6,29 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
-from estimation_fixtures import client, make_store  # noqa: F401
 
 from infoplane.cli import main
 from infoplane.core.distances import squared_distances
 from infoplane.core.entropy import information_plane
 from infoplane.core.kernels import gaussian_gram, label_gram
-from infoplane.core.widths import alignment_width, smooth_widths
-from infoplane.errors import ConfigError, StoreError
-from infoplane.estimate.pipeline import (
-    LAYER_VARIABLES,
-    STEP_VARIABLES,
-    _batch_size,
-    _run_batched,
-    estimate,
-    smooth_along_steps,
-)
-from infoplane.io.cache import NaNPointWarning, compute_distances
+from infoplane.core.plane import LAYER_KEYS as LAYER_VARIABLES
+from infoplane.core.plane import STEP_KEYS as STEP_VARIABLES
+from infoplane.core.widths import alignment_width, smooth_along_steps, smooth_widths
+from infoplane.errors import ConfigError, NaNPointWarning, StoreError
+from infoplane.estimate.cluster import _batch_size
+from infoplane.estimate.cluster import run_batched as _run_batched
+from infoplane.estimate.distances import compute_distances
+from infoplane.estimate.pipeline import estimate
 from infoplane.io.results import open_result, stack_runs
 from infoplane.io.store import open_activations
 from infoplane.presets import resolve_preset
+from infoplane.testing import assert_results_allclose, assert_results_identical, make_store
 
 STEPS = (0, 10, 20, 30)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, client):  # noqa: F811
+def run_dir(tmp_path_factory, client):
     """A store of 4 steps (N = 12 train, 10 test) and its distance cache."""
     root = tmp_path_factory.mktemp("run")
     store = make_store(root / "activations.zarr", steps=STEPS, n={"train": 12, "test": 10})
@@ -39,7 +36,7 @@ def run_dir(tmp_path_factory, client):  # noqa: F811
     return root
 
 
-def test_result_holds_every_variable_and_the_resolved_preset(run_dir, client):  # noqa: F811
+def test_result_holds_every_variable_and_the_resolved_preset(run_dir, client):
     out = run_dir / "mi" / "paper.zarr"
     preset = resolve_preset(None, "paper")
     estimate(run_dir / "distances.zarr", preset, name="paper", out=out, client=client)
@@ -60,7 +57,7 @@ def test_result_holds_every_variable_and_the_resolved_preset(run_dir, client):  
     np.testing.assert_allclose(result["sigma_x"], 8.0)
 
 
-def test_one_point_agrees_with_the_core_functions_by_hand(run_dir, client):  # noqa: F811
+def test_one_point_agrees_with_the_core_functions_by_hand(run_dir, client):
     preset = resolve_preset(None, "paper")
     result = estimate(run_dir / "distances.zarr", preset, name="paper", client=client)
     view = open_activations(run_dir / "activations.zarr", "test")
@@ -83,16 +80,14 @@ def test_one_point_agrees_with_the_core_functions_by_hand(run_dir, client):  # n
     np.testing.assert_allclose(result["H_Y"].sel(split="test"), -(p * np.log2(p)).sum())
 
 
-def test_cache_and_store_sources_give_the_same_result(run_dir, client):  # noqa: F811
+def test_cache_and_store_sources_give_the_same_result(run_dir, client):
     preset = resolve_preset(None, "paper-alpha1.01")
     from_cache = estimate(run_dir / "distances.zarr", preset, name="p", client=client)
     from_store = estimate(run_dir / "activations.zarr", preset, name="p", client=client)
-    xr.testing.assert_allclose(
-        from_cache.drop_attrs(), from_store.drop_attrs(), rtol=1e-10, atol=1e-10
-    )
+    assert_results_allclose(from_cache, from_store, rtol=1e-10, atol=1e-10)
 
 
-def test_distance_presets_never_open_the_store(tmp_path, client):  # noqa: F811
+def test_distance_presets_never_open_the_store(tmp_path, client):
     store = make_store(tmp_path / "activations.zarr", steps=(0, 10), n=8)
     cache = tmp_path / "distances.zarr"
     compute_distances(store, cache, client=client)
@@ -108,7 +103,7 @@ def test_distance_presets_never_open_the_store(tmp_path, client):  # noqa: F811
     assert np.isfinite(result["I_XT"]).all()
 
 
-def test_multivariate_with_one_shared_width_is_the_tensor_kernel(run_dir, client):  # noqa: F811
+def test_multivariate_with_one_shared_width_is_the_tensor_kernel(run_dir, client):
     cache = run_dir / "distances.zarr"
     shared = {"rule": "fixed", "sigma": 3.0}
     tensor = {"kernel": "tensor", "layer_width": shared}
@@ -119,7 +114,7 @@ def test_multivariate_with_one_shared_width_is_the_tensor_kernel(run_dir, client
         np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-10)
 
 
-def test_per_channel_silverman_widths(run_dir, client):  # noqa: F811
+def test_per_channel_silverman_widths(run_dir, client):
     from infoplane.core.widths import silverman_width
 
     preset = resolve_preset(None, "multivariate")
@@ -138,7 +133,7 @@ def test_smoothing_skips_nan_points():
     np.testing.assert_allclose(smoothed[:, 1], [2.0, 3.0, np.nan, 5.5])
 
 
-def test_batched_tasks_return_every_call_in_order(client):  # noqa: F811
+def test_batched_tasks_return_every_call_in_order(client):
     calls = [(i, 100 * i) for i in range(11)]
     names = [f"train-{i}" for i in range(11)]
     assert _batch_size(client, len(calls)) > 1  # steps really travel in batches here
@@ -154,7 +149,7 @@ def test_smoothing_weights_the_past_per_iteration_between_captures():
     np.testing.assert_allclose(per_iteration[:, 0], [1.0, 2.0, 0.25 * 2.0 + 0.75 * 5.0])
 
 
-def test_diverged_points_are_nan_and_named_while_others_are_computed(tmp_path, client):  # noqa: F811
+def test_diverged_points_are_nan_and_named_while_others_are_computed(tmp_path, client):
     store = make_store(
         tmp_path / "s.zarr", steps=(0, 10, 20), n=9, nan_points=[("test", 10, "conv")], run="seed7"
     )
@@ -172,7 +167,7 @@ def test_diverged_points_are_nan_and_named_while_others_are_computed(tmp_path, c
         assert np.isfinite(result["sigma"].sel(split="test", step=20, layer="conv"))
 
 
-def test_stack_runs_on_a_run_dimension(tmp_path, client):  # noqa: F811
+def test_stack_runs_on_a_run_dimension(tmp_path, client):
     preset = resolve_preset(None, "fixed-example")
     results = []
     for seed in (0, 1):
@@ -201,7 +196,7 @@ def test_stack_runs_on_a_run_dimension(tmp_path, client):  # noqa: F811
         stack_runs(results, runs=["a", "a"])
 
 
-def test_estimate_command_with_an_ad_hoc_preset_file(run_dir, tmp_path, capsys, client):  # noqa: F811
+def test_estimate_command_with_an_ad_hoc_preset_file(run_dir, tmp_path, capsys, client):
     config = tmp_path / "adhoc.yaml"
     config.write_text("estimators:\n  wide:\n    alpha: 2\n    layer_width: {rule: median}\n")
     out = tmp_path / "mi" / "wide.zarr"
@@ -224,7 +219,8 @@ def test_unfinished_cache_is_refused(tmp_path):
     import zarr
 
     store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=6)
-    from infoplane.io.cache import create_cache, read_store_plan
+    from infoplane.io.cache import create_cache
+    from infoplane.io.store import read_store_plan
 
     create_cache(tmp_path / "d.zarr", read_store_plan(store))
     zarr.open_group(str(tmp_path / "d.zarr"), mode="r+")["train"]["done"][0] = True
@@ -240,7 +236,7 @@ def _kept_entries(cache):
     return sorted(p.name for p in (cache / "widths").glob("*") if (p / "zarr.json").is_file())
 
 
-def test_a_second_preset_with_the_same_search_reuses_the_kept_widths(tmp_path, client):  # noqa: F811
+def test_a_second_preset_with_the_same_search_reuses_the_kept_widths(tmp_path, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=9)
     cache = tmp_path / "d.zarr"
     compute_distances(store, cache, client=client)
@@ -267,7 +263,7 @@ def test_a_second_preset_with_the_same_search_reuses_the_kept_widths(tmp_path, c
     xr.testing.assert_identical(fresh["sigma_star"], paper["sigma_star"])
 
 
-def test_another_grid_is_another_search(tmp_path, client):  # noqa: F811
+def test_another_grid_is_another_search(tmp_path, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
     cache = tmp_path / "d.zarr"
     compute_distances(store, cache, client=client)
@@ -282,7 +278,7 @@ def test_another_grid_is_another_search(tmp_path, client):  # noqa: F811
     assert float(result["sigma_star"].sel(split="train", layer="fc")[1]) == expected
 
 
-def test_kept_widths_carry_the_failed_points(tmp_path, client):  # noqa: F811
+def test_kept_widths_carry_the_failed_points(tmp_path, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=9, nan_points=[("test", 10, "fc")])
     cache = tmp_path / "d.zarr"
     with pytest.warns(NaNPointWarning):
@@ -295,7 +291,7 @@ def test_kept_widths_carry_the_failed_points(tmp_path, client):  # noqa: F811
     assert np.isnan(results[1]["sigma_star"].sel(split="test", step=10, layer="fc"))
 
 
-def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplog):  # noqa: F811
+def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplog):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
     cache = tmp_path / "d.zarr"
     compute_distances(store, cache, client=client)
@@ -313,7 +309,7 @@ def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplo
     def refuse(*args):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr("infoplane.io.cache.os.replace", refuse)
+    monkeypatch.setattr("infoplane.io.files.os.replace", refuse)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="infoplane.io.cache"):
         third = estimate(cache, preset, name="p", client=client, splits=["train"])
@@ -323,7 +319,7 @@ def test_bad_kept_widths_only_cost_a_search(tmp_path, client, monkeypatch, caplo
     assert not [p for p in (cache / "widths").iterdir() if p.name != "zarr.json"]
 
 
-def test_step_reads_follow_a_recreated_cache(tmp_path, client):  # noqa: F811
+def test_step_reads_follow_a_recreated_cache(tmp_path, client):
     from infoplane.estimate.pipeline import load_step, plan_source
 
     cache = tmp_path / "d.zarr"
@@ -343,7 +339,7 @@ def test_step_reads_follow_a_recreated_cache(tmp_path, client):  # noqa: F811
     assert values[0]["nonfinite"].dtype == bool and values[0]["nonfinite"].shape == (3,)
 
 
-def test_estimate_command_can_search_again_and_keep_nothing(tmp_path, client):  # noqa: F811
+def test_estimate_command_can_search_again_and_keep_nothing(tmp_path, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=8)
     cache = tmp_path / "d.zarr"
     compute_distances(store, cache, client=client)
@@ -353,12 +349,10 @@ def test_estimate_command_can_search_again_and_keep_nothing(tmp_path, client):  
     assert not (cache / "widths").exists()
     assert main([*args, "--out", str(tmp_path / "b.zarr"), *address]) == 0
     assert len(_kept_entries(cache)) == 1
-    xr.testing.assert_identical(
-        open_result(tmp_path / "a.zarr").drop_attrs(), open_result(tmp_path / "b.zarr").drop_attrs()
-    )
+    assert_results_identical(open_result(tmp_path / "a.zarr"), open_result(tmp_path / "b.zarr"))
 
 
-def test_an_unsmoothed_search_keeps_and_reuses_widths_too(tmp_path, client):  # noqa: F811
+def test_an_unsmoothed_search_keeps_and_reuses_widths_too(tmp_path, client):
     store = make_store(tmp_path / "s.zarr", steps=(0, 10, 20), n=9)
     cache = tmp_path / "d.zarr"
     compute_distances(store, cache, client=client)

@@ -4,8 +4,9 @@ import reference as ref
 
 from infoplane.core.distances import channel_squared_distances, squared_distances
 from infoplane.core.entropy import joint_entropy, renyi_entropy
-from infoplane.core.kernels import gaussian_gram, gaussian_gram_torch, label_gram, multivariate_gram
+from infoplane.core.kernels import gaussian_gram, label_gram, multivariate_gram
 from infoplane.errors import InputError
+from infoplane.torch_core import gaussian_gram_torch
 
 FLUSHED = np.exp(-100.0)  # kernel values below this are set to 0
 

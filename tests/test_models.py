@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
+from infoplane import config
 from infoplane.errors import ConfigError
-from infoplane.train.models import ACTIVATIONS, MODEL_NAMES, build_model, default_layers
+from infoplane.train.models import (
+    ACTIVATIONS,
+    MODEL_NAMES,
+    MODEL_OPTIONS,
+    LayeredNet,
+    build_model,
+    default_layers,
+    make_activation,
+)
 
 
 def record(
@@ -209,3 +219,42 @@ def test_default_layers_needs_declared_layers():
     model.hidden_layers = ("fc1", "nope")
     with pytest.raises(ConfigError, match="nope"):
         default_layers(model)
+
+
+def test_layered_net_rejects_undeclared_hidden_layers():
+    with pytest.raises(ConfigError, match="nope"):
+        LayeredNet(
+            OrderedDict(fc1=nn.Linear(2, 2)), ["fc1", "nope"], architecture="x", activation="tanh"
+        )
+
+
+# --- one definition of the models ---------------------------------------------------------------
+
+SHAPES = {"paper_cnn": (1, 8, 8), "vgg16": (3, 32, 32)}
+OPTION_VALUES = {"hidden": [4], "batch_norm": True, "dropout": 0.25}
+
+
+def test_names_activations_and_options_are_the_config_ones():
+    assert MODEL_NAMES is config.MODEL_NAMES and ACTIVATIONS is config.ACTIVATIONS
+    assert MODEL_OPTIONS is config.MODEL_OPTIONS
+    assert set(OPTION_VALUES) == {o for options in MODEL_OPTIONS.values() for o in options}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_builds_with_exactly_its_options(name):
+    shape = SHAPES.get(name, (12,))
+    for option in OPTION_VALUES:
+        kwargs = {option: OPTION_VALUES[option]}
+        if option in MODEL_OPTIONS[name]:
+            model = build_model(name, input_shape=shape, n_classes=3, **kwargs)
+            assert isinstance(model, LayeredNet) and model.architecture == name
+        else:
+            with pytest.raises(ConfigError, match=rf"unknown option\(s\) '{option}'"):
+                build_model(name, input_shape=shape, n_classes=3, **kwargs)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_builds(activation):
+    assert isinstance(make_activation(activation), nn.Module)
+    model = build_model("mlp", activation=activation, input_shape=(4,), n_classes=2)
+    assert model.activation_name == activation

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from infoplane.errors import InputError
-from infoplane.report import plots
+from infoplane.report import analysis, plots
 
 LAYERS = ("fc1", "fc2", "fc3", "softmax")
 
@@ -164,7 +164,7 @@ def test_data_processing_share_on_a_hand_built_case():
         },
         coords={"split": ["train"], "step": [0, 1, 2, 3], "layer": ["a", "b", "c"]},
     )
-    shares = plots.data_processing_share(ds, tol=0.0)
+    shares = analysis.data_processing_share(ds, tol=0.0)
     assert list(shares["pair"].values) == ["a → b", "b → c", "chain"]
     # I(X;T): a→b ok at steps 0, 2 (equal counts), not 1; step 3 has NaN -> 2/3
     #         b→c ok at 0, 1, 2, 3 -> 4/4; chain ok at 0, 2 of steps 0-2 -> 2/3
@@ -183,12 +183,12 @@ def test_data_processing_tolerance_counts_near_ties():
         },
         coords={"split": ["test"], "step": [0], "layer": ["a", "b"]},
     )
-    assert float(plots.data_processing_share(ds, tol=0.0)["I_XT"][0, 0]) == 0.0
-    assert float(plots.data_processing_share(ds, tol=1e-6)["I_XT"][0, 0]) == 1.0
+    assert float(analysis.data_processing_share(ds, tol=0.0)["I_XT"][0, 0]) == 0.0
+    assert float(analysis.data_processing_share(ds, tol=1e-6)["I_XT"][0, 0]) == 1.0
 
 
 def test_data_processing_figure_bars_match_shares(mi):
-    shares = plots.data_processing_share(mi)
+    shares = analysis.data_processing_share(mi)
     fig = plots.data_processing_figure(mi, shares=shares)
     train_ax = _axes_with_content(fig)[0]
     heights = [p.get_height() for p in train_ax.patches]
@@ -222,7 +222,7 @@ def test_load_metrics_reads_wide_and_long_tables(tmp_path, rng):
     pd.DataFrame(
         {"epoch": [0, 0, 1, 1], "split": ["train", "test"] * 2, "loss": [2, 2.1, 1, 1.2]}
     ).to_csv(long_path, index=False)
-    table = plots.load_metrics([wide, long_path])
+    table = analysis.load_metrics([wide, long_path])
     assert set(table["run"]) == {"seed0", "seed1"}
     seed1 = table[table["run"] == "seed1"]
     assert set(seed1["metric"]) == {"loss"} and len(seed1) == 4
@@ -235,7 +235,7 @@ def test_load_metrics_rejects_a_table_without_epochs(tmp_path):
     bad.parent.mkdir()
     bad.write_text("step,loss\n0,1\n")
     with pytest.raises(InputError, match="epoch"):
-        plots.load_metrics([bad])
+        analysis.load_metrics([bad])
 
 
 @pytest.mark.slow
@@ -267,7 +267,7 @@ def test_training_figure_from_metrics(tmp_path, rng):
     paths = [_metrics_csv(tmp_path / f"seed{i}" / "metrics.csv", rng) for i in range(3)]
     out = plots.plot_training(paths, tmp_path / "training.png", title="digits_mlp")
     assert out.is_file() and out.stat().st_size > 10_000
-    fig = plots.training_figure(plots.load_metrics(paths))
+    fig = plots.training_figure(analysis.load_metrics(paths))
     loss_ax, acc_ax = _axes_with_content(fig)
     assert acc_ax.get_ylim() == (0, 1.02)
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train", "test"]

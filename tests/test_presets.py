@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
+from infoplane.config import load_config
 from infoplane.errors import ConfigError
 from infoplane.presets import (
     BUILTIN_PRESETS,
@@ -132,3 +134,82 @@ def test_missing_or_broken_config_file_is_a_config_error(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match=r"broken\.json"):
         resolve_preset(broken, "paper")
+
+
+def test_bad_values_are_config_errors_not_crashes(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 1, extra"):
+        validate_preset({1: "a", "extra": "b"}, "bad")  # YAML keys need not be strings
+    with pytest.raises(ConfigError, match="alpha must be a finite number"):
+        validate_preset({"alpha": 10**400}, "bad")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        preset_from_json("{not json")
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"caf\xe9": {}}')
+    with pytest.raises(ConfigError, match=r"latin1\.json"):
+        resolve_preset(latin1, "paper")
+
+
+# --- the shipped configs name the built-ins, which are defined in infoplane.presets only -------
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_CONFIGS = ("config.yaml", "tests/workflow_config.yaml")
+
+# The mappings config.yaml and tests/workflow_config.yaml wrote out for the built-in presets they
+# use (the documented values): naming a built-in must resolve to exactly these, byte for byte,
+# so that results/estimators/<name>.json and every estimate's params stay the same.
+DOCUMENTED = {
+    "paper": {
+        "kernel": "tensor",
+        "alpha": 1.0,
+        "input_width": {"rule": "fixed", "sigma": 8.0},
+        "label_kernel": "indicator",
+        "layer_width": {"rule": "alignment", "grid": "linear", "points": 100, "smoothing": 0.9},
+    },
+    "paper-alpha1.01": {
+        "kernel": "tensor",
+        "alpha": 1.01,
+        "input_width": {"rule": "fixed", "sigma": 8.0},
+        "label_kernel": "indicator",
+        "layer_width": {"rule": "alignment", "grid": "linear", "points": 100, "smoothing": 0.9},
+    },
+    "silverman": {
+        "kernel": "tensor",
+        "alpha": 1.0,
+        "input_width": {"rule": "silverman"},
+        "label_kernel": "indicator",
+        "layer_width": {"rule": "silverman"},
+    },
+    "multivariate": {
+        "kernel": "multivariate",
+        "alpha": 1.0,
+        "input_width": {"rule": "fixed", "sigma": 8.0},
+        "label_kernel": "indicator",
+        "channel_width": {"rule": "silverman"},
+    },
+}
+
+
+@pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
+def test_shipped_configs_define_no_builtin_again(config_file):
+    config = load_config(ROOT / config_file)
+    assert not set(config["estimators"]) & set(BUILTIN_PRESETS)
+
+
+@pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
+def test_builtins_named_by_the_shipped_configs_resolve_to_the_documented_mappings(config_file):
+    config = load_config(ROOT / config_file)
+    named = {p for experiment in config["experiments"].values() for p in experiment["estimators"]}
+    builtins = sorted(named - set(config["estimators"]))
+    assert builtins, "the shipped configs name built-in presets"
+    for name in builtins:
+        resolved = resolve_preset(config, name)
+        documented = validate_preset(DOCUMENTED[name], name)
+        assert preset_to_json(resolved) == preset_to_json(documented)
+        # what the workflow's `preset` rule writes: canonical JSON of {"estimators": {name: ...}}
+        assert _canonical({"estimators": {name: resolved}}) == _canonical(
+            {"estimators": {name: documented}}
+        )
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from estimation_fixtures import client  # noqa: F401
 
 from infoplane.config import experiment_settings, load_config
+from infoplane.estimate.distances import compute_distances
 from infoplane.estimate.pipeline import estimate
-from infoplane.io.cache import compute_distances
 from infoplane.presets import resolve_preset
 from infoplane.report import analysis
+from infoplane.report.analysis import load_metrics
 from infoplane.report.checks import check_result, nan_points
-from infoplane.report.plots import load_metrics
 from infoplane.train.training import train_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "docs" / "reproduction" / "config.yaml"
@@ -32,7 +31,7 @@ STEPS = [0, 10, 20, 40, 80, 160, 240]  # 80 iterations per epoch on 8,000 images
 
 
 @pytest.fixture(scope="module")
-def reduced_run(tmp_path_factory, client):  # noqa: F811
+def reduced_run(tmp_path_factory, client):
     from conftest import MNIST_DIR
 
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():

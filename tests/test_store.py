@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -18,12 +20,12 @@ from infoplane.cli import main
 from infoplane.errors import InputError, StoreError
 from infoplane.io.store import (
     SCHEMA_VERSION,
-    create_store,
     open_activations,
     open_writer,
     store_info,
     validate_store,
 )
+from infoplane.testing import make_store
 
 STEPS = [0, 5, 10, 20]
 EPOCHS = [0.0, 0.25, 0.5, 1.0]
@@ -55,16 +57,17 @@ def step_data(split: str, step: int, dtype=np.float32) -> dict:
 
 
 def new_store(path: Path, **kwargs):
+    """A store of this module's layout (kwargs override it), nothing captured, and its writer."""
     options = dict(
         steps=STEPS,
         epochs=EPOCHS,
-        n_samples=N,
+        n=N,
         input_shape=INPUT,
-        layer_shapes=LAYERS,
+        layers=LAYERS,
         attrs=ATTRS,
     )
     options.update(kwargs)
-    return create_store(path, **options)
+    return open_writer(make_store(path, captured=(), **options))
 
 
 def write_all(writer, steps=STEPS):
@@ -143,7 +146,8 @@ def test_snakemakes_marker_file_in_a_store_raises_no_warning(full_store):
     (full_store / ".snakemake_timestamp").touch()
     code = (
         "import sys; from infoplane.io.store import open_activations, validate_store; "
-        "open_activations(sys.argv[1], 'test'); assert validate_store(sys.argv[1]) == []"
+        "open_activations(sys.argv[1], 'test'); report = validate_store(sys.argv[1]); "
+        "assert report.ok and not report.warnings, report"
     )
     subprocess.run(
         [sys.executable, "-W", "error::UserWarning", "-c", code, str(full_store)], check=True
@@ -205,7 +209,9 @@ def test_captured_is_set_only_after_every_variable(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (writer.path / "train" / "conv1" / "c" / "1").exists()  # earlier variables written
     assert not writer.captured("train").any()
-    assert validate_store(writer.path) == []
+    report = validate_store(writer.path)
+    assert report.ok, report.errors
+    assert all("no step is captured" in w for w in report.warnings)  # nothing else is off
 
 
 def test_rewriting_a_step_is_idempotent_and_replaces(tmp_path):
@@ -252,7 +258,7 @@ def test_write_rejects_bad_arrays(tmp_path, change, message):
 
 
 def test_write_rejects_unknown_step_and_split(tmp_path):
-    writer = new_store(tmp_path / "a.zarr", n_samples={"train": 6})
+    writer = new_store(tmp_path / "a.zarr", n={"train": 6})
     with pytest.raises(InputError, match="step 7 is not in the capture schedule"):
         writer.write("train", 7, **step_data("train", 0))
     with pytest.raises(InputError, match=r"split 'test' is not in .*\['train'\]"):
@@ -264,9 +270,9 @@ def test_write_rejects_unknown_step_and_split(tmp_path):
     [
         ({"steps": [0, 5, 5, 20]}, "strictly increasing"),
         ({"epochs": [0.0, 1.0]}, "one epoch per step"),
-        ({"n_samples": {"valid": 3}}, "n_samples keys"),
-        ({"layer_shapes": {"x": (2,)}}, "reserved"),
-        ({"layer_shapes": {"a/b": (2,)}}, "cannot name a Zarr array"),
+        ({"n": {"valid": 3}}, "n_samples keys"),
+        ({"layers": {"x": (2,)}}, "reserved"),
+        ({"layers": {"a/b": (2,)}}, "cannot name a Zarr array"),
         ({"attrs": {"experiment": "e"}}, r"miss \['run', 'seed'"),
         ({"dtype": "float64"}, "dtype must be one of"),
     ],
@@ -319,20 +325,20 @@ def test_store_info(tmp_path):
 
 def test_compression_pays_on_sparse_activations(tmp_path, rng):
     relu = np.maximum(rng.standard_normal((64, 32, 8, 8)), 0).astype(np.float32)
-    writer = create_store(
+    path = make_store(
         tmp_path / "relu.zarr",
         steps=[0],
         epochs=[0.0],
-        n_samples={"train": 64},
+        n={"train": 64},
         input_shape=(1,),
-        layer_shapes={"relu": (32, 8, 8)},
+        layers={"relu": (32, 8, 8)},
         attrs=ATTRS,
-    )
-    writer.write(
-        "train", 0, index=np.arange(64), x=np.zeros((64, 1)), y=np.zeros(64, int),
-        activations={"relu": relu},
+        data=lambda split, step: {
+            "index": np.arange(64), "x": np.zeros((64, 1)), "y": np.zeros(64, int),
+            "activations": {"relu": relu},
+        },
     )  # fmt: skip
-    variable = store_info(writer.path)["splits"]["train"]["variables"]["relu"]
+    variable = store_info(path)["splits"]["train"]["variables"]["relu"]
     assert variable["raw_bytes"] / variable["stored_bytes"] > 1.5
 
 
@@ -343,43 +349,142 @@ def test_cli_info_and_validate(full_store, capsys):
     assert main(["store", "info", "--json", str(full_store)]) == 0
     assert '"steps_captured": 4' in capsys.readouterr().out
     assert main(["store", "validate", str(full_store)]) == 0
-    assert "valid" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"{full_store}: valid\n"
+    assert main(["store", "validate", "--strict", str(full_store)]) == 0
+
+
+def test_cli_validate_tells_errors_from_warnings(full_store, capsys):
+    del zarr.open_group(full_store, mode="r+").attrs["device"]  # readable: a warning
+    assert main(["store", "validate", str(full_store)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{full_store}: valid (0 errors, 1 warning)\n"
+    assert err.startswith("warning: root attribute 'device' is missing;") and "error:" not in err
+    assert main(["store", "validate", "--strict", str(full_store)]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"{full_store}: invalid: 0 errors, 1 warning (--strict: warnings fail)"
+
+    shutil.rmtree(full_store / "test" / "y")  # unreadable: an error (and stale metadata)
+    assert main(["store", "validate", str(full_store)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == ""
+    assert [line for line in lines if line.startswith("error: ")] == [
+        "error: split 'test', variable 'y': missing; write y(step, sample) int64, the labels"
+    ]
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert len(warned) == 2 and "is stale for variable 'y'" in warned[1]
+    assert lines[-1] == f"{full_store}: invalid: 1 error, 2 warnings"
 
 
 # ---------------------------------------------------------------------------- hand-written stores
 
 
-@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
-def test_store_written_with_plain_xarray_follows_the_contract(tmp_path, rng):
-    """A user's own training code may write the store with xarray alone."""
-    path = tmp_path / "own.zarr"
-    steps, n = np.array([0, 100, 200]), 5
-    layers = {"hidden": (7,), "softmax": (3,)}
-    root_attrs = {
-        **ATTRS,
-        "schema_version": SCHEMA_VERSION,
-        "layers": list(layers),
-    }
-    xr.Dataset(attrs=root_attrs).to_zarr(path, mode="w")
-    for split in ("train", "test"):
-        data = {
-            "index": (("step", "sample"), np.tile(np.arange(n), (3, 1))),
-            "x": (("step", "sample", "x_dim0"), rng.random((3, n, 4), dtype=np.float32)),
-            "y": (("step", "sample"), rng.integers(0, 3, (3, n))),
-            "captured": ("step", np.array([True, True, False])),
-        }
-        for name, shape in layers.items():
-            dims = ("step", "sample", f"{name}_dim0")
-            data[name] = (dims, rng.random((3, n, *shape), dtype=np.float32))
-        ds = xr.Dataset(data, coords={"step": steps, "epoch": ("step", [0.0, 1.0, 2.0])})
-        encoding = {
-            name: {"chunks": (1, *ds[name].shape[1:])} for name in ("index", "x", "y", *layers)
-        }
-        ds.to_zarr(path, group=split, mode="w", encoding=encoding, write_empty_chunks=True)
+XR_STEPS = np.array([0, 100, 200])
+XR_LAYERS = {"hidden": (7,), "softmax": (3,)}
 
-    assert validate_store(path) == []
+
+def _xarray_split(rng, n: int = 5, labels=None) -> xr.Dataset:
+    """One split as a user's own training code builds it: the documented names and dims."""
+    k = len(XR_STEPS)
+    y = rng.integers(0, 3, (k, n)) if labels is None else np.full((k, n), labels)
+    data = {
+        "index": (("step", "sample"), np.tile(np.arange(n), (k, 1))),
+        "x": (("step", "sample", "x_dim0"), rng.random((k, n, 4), dtype=np.float32)),
+        "y": (("step", "sample"), y),
+        "captured": ("step", np.array([True, True, False])),
+    }
+    for name, shape in XR_LAYERS.items():
+        dims = ("step", "sample", f"{name}_dim0")
+        data[name] = (dims, rng.random((k, n, *shape), dtype=np.float32))
+    return xr.Dataset(data, coords={"step": XR_STEPS, "epoch": ("step", [0.0, 1.0, 2.0])})
+
+
+def _write_with_xarray(path: Path, splits: dict[str, xr.Dataset]) -> None:
+    """xarray's defaults throughout (zarr_format 3 with zarr 3)."""
+    root_attrs = {**ATTRS, "schema_version": SCHEMA_VERSION, "layers": list(XR_LAYERS)}
+    xr.Dataset(attrs=root_attrs).to_zarr(path, mode="w")
+    for split, ds in splits.items():
+        ds.to_zarr(path, group=split)
+
+
+def _apply_printed_fixes(messages: list[str], splits: dict[str, xr.Dataset]) -> int:
+    """Run every ``ds.to_zarr(...)`` call the messages print, with ``ds`` that split's Dataset."""
+    done = 0
+    for message in messages:
+        calls = re.findall(r"ds\.to_zarr\(.*?write_empty_chunks=True\)", message)
+        if calls:
+            (call,) = calls
+            split = re.search(r"group='(\w+)'", call).group(1)
+            eval(call, {"ds": splits[split]})
+            done += 1
+    return done
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+def test_plain_xarray_store_with_defaults_reads_and_warns_with_the_exact_fix(tmp_path, rng):
+    """A user's own code may write the store with xarray alone, with its default settings."""
+    path = tmp_path / "own.zarr"
+    splits = {split: _xarray_split(rng) for split in ("train", "test")}
+    _write_with_xarray(path, splits)
+    # What the defaults write: the Dataset's dims, one chunk for all steps of a small array,
+    # fill value NaN (and a _FillValue attribute) for floats and 0 for ints, a bool captured,
+    # epoch named in the coordinates attribute, consolidated metadata at the root.
+    group = zarr.open_group(path, mode="r", use_consolidated=False)["train"]
+    assert group["hidden"].metadata.dimension_names == ("step", "sample", "hidden_dim0")
+    assert group["hidden"].chunks == (3, 5, 7) and group["y"].chunks == (3, 5)
+    assert np.isnan(group["x"].fill_value) and "_FillValue" in group["x"].attrs
+    assert group["y"].fill_value == 0 and "_FillValue" not in group["y"].attrs
+    assert group["captured"].dtype == bool and group["x"].attrs["coordinates"] == "epoch"
+
+    report = validate_store(path)
+    assert report.ok, report.errors  # it reads correctly ...
+    view = open_activations(path, "train")
+    np.testing.assert_array_equal(view.hidden.values, splits["train"].hidden.values[:2])
+    # ... but every step read decodes all three steps: one warning per split, with the fix
+    assert len(report.warnings) == 2, report.warnings
+    for split, warning in zip(("train", "test"), report.warnings, strict=True):
+        assert warning.startswith(
+            f"split {split!r}: chunks of 'index' (3, 5) (3 steps per chunk), 'x' (3, 5, 4)"
+        )
+        assert (
+            f"ds.to_zarr({str(path)!r}, group={split!r}, mode='w', encoding={{'index': "
+            "{'chunks': (1, 5)}, 'x': {'chunks': (1, 5, 4)}, 'y': {'chunks': (1, 5)}, 'hidden': "
+            "{'chunks': (1, 5, 7)}, 'softmax': {'chunks': (1, 5, 3)}}, write_empty_chunks=True)"
+        ) in warning
+
+    assert _apply_printed_fixes(report.warnings, splits) == 2
+    fixed = validate_store(path)
+    assert fixed.errors == [] and fixed.warnings == []
+    assert zarr.open_group(path, mode="r")["train"]["hidden"].chunks == (1, 5, 7)
     view = open_activations(path, "train")
     assert view.step.values.tolist() == [0, 100]
+    np.testing.assert_array_equal(view.hidden.values, splits["train"].hidden.values[:2])
     expected = xr.open_zarr(path, group="train").hidden.isel(step=[0, 1])
     np.testing.assert_array_equal(view.hidden.values, expected.values)
     assert view.attrs["layers"] == ["hidden", "softmax"]
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+def test_plain_xarray_store_with_skipped_chunks_is_an_error_naming_the_fix(tmp_path, rng):
+    """zarr does not write a chunk equal to the fill value: labels all 0 (fill 0) leave none."""
+    path = tmp_path / "own.zarr"
+    splits = {"train": _xarray_split(rng), "test": _xarray_split(rng, labels=0)}  # one class
+    _write_with_xarray(path, splits)
+    assert not (path / "test" / "y" / "c").exists()
+
+    report = validate_store(path)
+    (error,) = report.errors
+    assert error.startswith(
+        "split 'test', variable 'y', step 0 (index 0), step 100 (index 1): chunk file "
+        "test/y/c/0/0 is missing although the step is marked captured; zarr does not store a "
+        "chunk whose values all equal the fill value (0) unless write_empty_chunks=True"
+    )
+    assert f"ds.to_zarr({str(path)!r}, group='test', mode='w', encoding={{'index'" in error
+    with pytest.raises(StoreError, match=r"split 'test', variable 'y', step .*missing"):
+        open_activations(path, "test").y.load()  # readers refuse it: it is an error
+
+    # the printed calls (the error's for test, the chunk warning's for train) fix the store
+    assert _apply_printed_fixes([*report.errors, *report.warnings], splits) == 3
+    fixed = validate_store(path)
+    assert fixed.errors == [] and fixed.warnings == []
+    np.testing.assert_array_equal(open_activations(path, "test").y.values, np.zeros((2, 5)))

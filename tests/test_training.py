@@ -14,7 +14,7 @@ import zarr
 from infoplane.cli import main as cli_main
 from infoplane.config import experiment_settings, load_config
 from infoplane.errors import ConfigError, TrainingError
-from infoplane.io.store import open_activations, validate_store
+from infoplane.io.store import StoreReport, open_activations, validate_store
 from infoplane.train.datasets import load_dataset
 from infoplane.train.models import build_model
 from infoplane.train.schedule import capture_steps
@@ -110,7 +110,7 @@ def test_run_directory_and_store_contents(reference, settings):
         CHECKPOINT_FILE,
     }
     store = run_dir / "activations.zarr"
-    assert validate_store(store) == []
+    assert validate_store(store) == StoreReport([], [])
     expected_steps = capture_steps(
         settings["capture"]["schedule"], iterations_per_epoch=ITERATIONS_PER_EPOCH, epochs=EPOCHS
     )
@@ -254,7 +254,7 @@ def test_diverging_loss_stops_with_the_step(settings, tmp_path):
     out = tmp_path / "activations.zarr"
     with pytest.raises(TrainingError, match=r"loss is (inf|nan) at step \d+ \(epoch 1"):
         train_run(huge, run="seed0", out_store=out, progress="none")
-    assert validate_store(out) == []
+    assert validate_store(out) == StoreReport([], [])
     assert open_activations(out, "test")["step"].values.tolist() == [0]
 
 
@@ -274,7 +274,7 @@ def test_injected_nan_keeps_the_store_valid_up_to_the_last_capture(settings, tmp
     out = tmp_path / "activations.zarr"
     with pytest.raises(TrainingError, match=r"loss is nan at step 23 \(epoch 2, iteration 8 of"):
         train_run(settings, run="seed0", out_store=out, progress="none")
-    assert validate_store(out) == []
+    assert validate_store(out) == StoreReport([], [])
     assert open_activations(out, "train")["step"].values.tolist() == [0, 4, 8, 12, 16, 20]
     assert [r["epoch"] for r in read_metrics(tmp_path / METRICS_FILE)] == [0, 0, 1, 1]
     assert (tmp_path / ITERATIONS_FILE).read_text().splitlines()[-1].endswith(",nan")
@@ -354,7 +354,7 @@ def test_cli_train_logs_one_line_per_epoch(config_path, tmp_path, capsys, caplog
     assert len(epochs) == EPOCHS
     assert "digits/seed1 epoch 3/3 (step 45) | train loss" in epochs[-1]
     assert str(out) in capsys.readouterr().out
-    assert validate_store(out) == []
+    assert validate_store(out) == StoreReport([], [])
 
 
 def test_cli_reports_config_errors(config_path, tmp_path, capsys):

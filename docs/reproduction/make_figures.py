@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from infoplane.report import analysis
-from infoplane.report.checks import check_result, nan_points
 from infoplane.config import load_config
-from infoplane.report.plots import load_metrics, open_estimates
+from infoplane.io.results import open_result
 from infoplane.io.store import open_activations
+from infoplane.report import analysis
+from infoplane.report.analysis import load_metrics
+from infoplane.report.checks import check_result, nan_points
 
 # Snakemake leaves a timestamp file inside directory outputs; zarr notes it and reads on
 warnings.filterwarnings("ignore", message="Object at .snakemake_timestamp")
@@ -67,7 +68,7 @@ def experiments() -> dict[str, dict]:
 
 
 def estimates(results: Path, experiment: str, preset: str) -> xr.Dataset:
-    return open_estimates(results / experiment / "mi" / f"{preset}.zarr")
+    return open_result(results / experiment / "mi" / f"{preset}.zarr")
 
 
 def seeds_of(mi: xr.Dataset) -> list[int]:

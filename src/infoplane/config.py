@@ -5,7 +5,12 @@ validator that fills every documented default, the way Snakemake's ``validate`` 
 reported together, each naming its key path and the allowed values, before any work starts.
 
 Only the shape of the estimator presets is checked here; :mod:`infoplane.presets` gives them their
-meaning and defaults.
+meaning and defaults. An experiment may name a preset of the file's ``estimators:`` or a built-in
+one (:data:`infoplane.presets.BUILTIN_PRESETS`).
+
+The models :func:`infoplane.train.models.build_model` builds are defined here, without torch:
+:data:`MODEL_OPTIONS` (and :data:`MODEL_NAMES`, :data:`ACTIVATIONS`) is the one list of model
+names, activations and per-model options; the schema's enums must equal it.
 """
 
 from __future__ import annotations
@@ -20,18 +25,27 @@ from pathlib import Path
 from typing import Any
 
 from infoplane.errors import ConfigError
+from infoplane.presets import BUILTIN_PRESETS, available_presets
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 RUN_PATTERN = re.compile(r"^seed(0|[1-9][0-9]*)$")
-# Options each model accepts besides name and activation (infoplane.train.models.build_model); checked
-# here so that a misplaced option fails when the config is read, not after the data is loaded.
-MODEL_OPTIONS = {
+# The models of infoplane.train.models.build_model and the options each accepts besides name and
+# activation. Defined here, without torch, so that a misplaced option fails when the config is
+# read, not after the data is loaded; models.py builds from these names.
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden", "batch_norm"),
     "paper_mlp": ("batch_norm",),
     "paper_cnn": (),
     "vgg16": ("dropout",),
     "ib_mlp": (),
 }
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_OPTIONS)
+# Hidden-layer non-linearities (each also selects the weight initialisation).
+ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "sigmoid", "leaky_relu")
+# Every per-model option, in a fixed order (for the checks of misplaced options).
+_ALL_MODEL_OPTIONS: tuple[str, ...] = tuple(
+    dict.fromkeys(option for options in MODEL_OPTIONS.values() for option in options)
+)
 _MAX_REPORTED = 20
 
 
@@ -58,6 +72,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {exc}") from None
     try:
         return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -157,15 +173,15 @@ def _reference_problems(config: Mapping) -> list[str]:
     presets = config["estimators"]
     for name, experiment in experiments.items():
         for i, preset in enumerate(experiment["estimators"]):
-            if preset not in presets:
-                defined = ", ".join(presets) or "none (add them under the top-level estimators)"
+            if preset not in presets and preset not in BUILTIN_PRESETS:
+                available = ", ".join(available_presets({"estimators": presets}))
                 problems.append(
                     f"experiments.{name}.estimators[{i}]: unknown estimator preset {preset!r}; "
-                    f"defined: {defined}"
+                    f"available: {available} (define it under the top-level estimators)"
                 )
         model = experiment["model"]
         allowed = MODEL_OPTIONS.get(model["name"], ())
-        for key in ("hidden", "batch_norm", "dropout"):
+        for key in _ALL_MODEL_OPTIONS:
             if key in model and key not in allowed:
                 problems.append(
                     f"experiments.{name}.model.{key}: not an option of model {model['name']}; "

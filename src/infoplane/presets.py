@@ -7,7 +7,9 @@ instead). The resolved mapping is the one stored in a result's attributes, so it
 the estimate exactly.
 
 Presets are looked up by name, first in the ``estimators:`` mapping of the given configuration,
-then among :data:`BUILTIN_PRESETS`.
+then among :data:`BUILTIN_PRESETS`. The built-ins are defined here only: a configuration names them
+without defining them, lists under ``estimators:`` only presets of its own, and replaces a
+built-in by defining a preset of the same name.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from infoplane.errors import ConfigError
+from infoplane.io.files import canonical_json
 
 KERNELS = ("tensor", "multivariate")
 LABEL_KERNELS = ("indicator",)
@@ -71,6 +74,7 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
         "label_kernel": "indicator",
         "layer_width": {"rule": "silverman"},
     },
+    # Fixed widths everywhere (σ_T = 5) with the earlier scripts' α: no search, no smoothing.
     "fixed-example": {
         "kernel": "tensor",
         "alpha": 1.01,
@@ -88,9 +92,15 @@ def _fail(name: str, key: str, problem: str) -> ConfigError:
 
 
 def _number(name: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(name, key, f"must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise _fail(name, key, f"must be a finite number, got {value!r}")
+    return number
 
 
 def _positive(name: str, key: str, value: Any) -> float:
@@ -107,7 +117,7 @@ def _choice(name: str, key: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _check_keys(name: str, key: str, mapping: Mapping, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(mapping) - set(allowed))
+    unknown = sorted(set(mapping) - set(allowed), key=str)  # YAML keys need not all be strings
     if unknown:
         raise _fail(
             name,
@@ -240,11 +250,12 @@ def load_presets(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any
 def _read_mapping(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"estimator configuration {path} does not exist")
-    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
-        except ValueError as exc:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read estimator configuration {path}: {exc}") from None
+        except ValueError as exc:  # not UTF-8, or not JSON
             raise ConfigError(f"cannot parse estimator configuration {path}: {exc}") from None
     from infoplane.config import read_yaml
 
@@ -288,12 +299,22 @@ def resolve_preset(config: str | Path | Mapping[str, Any] | None, name: str) -> 
 
 def preset_to_json(preset: Mapping[str, Any]) -> str:
     """Canonical JSON text of a resolved preset (sorted keys), as stored in result attributes."""
-    return json.dumps(preset, sort_keys=True)
+    return canonical_json(preset)
 
 
 def preset_from_json(text: str) -> dict[str, Any]:
-    """Inverse of :func:`preset_to_json`, validated."""
-    return validate_preset(json.loads(text), "<from result attributes>")
+    """Inverse of :func:`preset_to_json`, validated.
+
+    Raises
+    ------
+    ConfigError
+        ``text`` is not JSON, or not the JSON of a valid preset.
+    """
+    try:
+        preset = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"a stored estimator preset is not valid JSON: {exc}") from None
+    return validate_preset(preset, "<from result attributes>")
 
 
 def needs_activations(preset: Mapping[str, Any]) -> bool:

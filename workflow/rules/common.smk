@@ -9,8 +9,15 @@ from infoplane.config import seed_from_run, validate_config
 from infoplane.presets import needs_activations, preset_to_json, resolve_preset
 
 # Cross-references the schema cannot express (run names, preset names, schedule keys); the
-# schema itself has already filled the defaults into `config`.
+# schema itself has already filled the defaults into `config`. A preset name is one of the
+# config's `estimators:` or a built-in one (infoplane.presets.BUILTIN_PRESETS).
 CONFIG = validate_config(config, source="workflow config")
+
+# The report's captions show the resolved mapping of every preset an experiment names, built-in
+# ones included (CONFIG, a validated copy, is what the jobs' params come from).
+config.setdefault("estimators", {})
+for _preset in sorted({p for e in CONFIG["experiments"].values() for p in e["estimators"]}):
+    config["estimators"].setdefault(_preset, resolve_preset(CONFIG, _preset))
 
 # Datasets that are downloaded on first use; their experiments get a `dataset` job first, run
 # where the network is reachable, so that training jobs never download in parallel.
@@ -68,7 +75,11 @@ def dataset_options(wildcards):
 
 
 def preset_config(wildcards):
-    """A file's worth of config holding one resolved preset: {"estimators": {name: preset}}."""
+    """A file's worth of config holding one resolved preset: {"estimators": {name: preset}}.
+
+    The preset is the config's own or a built-in one; either way the file holds its resolved
+    mapping, so that `infoplane estimate` reads it without the workflow config.
+    """
     return canonical({"estimators": {wildcards.preset: resolve_preset(CONFIG, wildcards.preset)}})
 
 

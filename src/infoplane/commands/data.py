@@ -66,19 +66,15 @@ def dataset_summary(dataset) -> dict:
 
 def run_fetch(args: argparse.Namespace) -> int:
     import json
-    import os
-    from pathlib import Path
 
+    from infoplane.io.files import replacing
     from infoplane.train.datasets import load_dataset
 
     options = {"root": args.root, **parse_options(args.options)}
     summary = dataset_summary(load_dataset(args.name, **options))
     text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
+        with replacing(args.out, tag="tmp") as tmp:
+            tmp.write_text(text, encoding="utf-8")
     print(text, end="")
     return 0

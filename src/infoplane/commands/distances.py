@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from infoplane.estimate.cluster import cluster_options
-    from infoplane.io.cache import compute_distances
+    from infoplane.estimate.distances import compute_distances
 
     summary = compute_distances(
         args.store,

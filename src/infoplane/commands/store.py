@@ -27,10 +27,16 @@ def register(subparsers: Any) -> None:
     validate = actions.add_parser(
         "validate",
         help="check the contract and decode every chunk of every captured step",
-        description="Check schema, dimensions and captured flags, and decode every chunk of "
-        "every captured step. Exits 1 and names variable and step on any fault.",
+        description="Check schema, dimensions, dtypes, chunking and captured flags, and decode "
+        "every chunk of every captured step. Prints one 'error:' line per fault that makes "
+        "reads impossible or wrong and one 'warning:' line per thing that is off in a store that "
+        "still reads correctly, each naming split, variable and step and how to fix it, then a "
+        "summary. Exits 1 on any error (with --strict also on warnings), else 0.",
     )
     validate.add_argument("store", metavar="STORE", help="path of the activations.zarr store")
+    validate.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on warnings too, not only on errors"
+    )
     validate.set_defaults(handler=run_validate)
 
 
@@ -84,14 +90,22 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def run_validate(args: argparse.Namespace) -> int:
     from infoplane.io.store import validate_store
 
-    problems = validate_store(args.store)
-    if problems:
-        for problem in problems:
-            print(f"{args.store}: {problem}", file=sys.stderr)
-        print(f"infoplane: error: {len(problems)} problem(s) in {args.store}", file=sys.stderr)
+    report = validate_store(args.store)
+    for message in report.errors:
+        print(f"error: {message}", file=sys.stderr)
+    for message in report.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    counts = f"{_count(len(report.errors), 'error')}, {_count(len(report.warnings), 'warning')}"
+    if not report.ok or (args.strict and report.warnings):
+        why = "" if report.errors else " (--strict: warnings fail)"
+        print(f"{args.store}: invalid: {counts}{why}", file=sys.stderr)
         return 1
-    print(f"{args.store}: valid")
+    print(f"{args.store}: valid" + (f" ({counts})" if report.warnings else ""))
     return 0

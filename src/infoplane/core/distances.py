@@ -10,20 +10,16 @@ This module also holds the input checks shared by the numerical core.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from infoplane.errors import InputError
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = [
     "channel_squared_distances",
     "check_square_stack",
     "squared_distances",
-    "squared_distances_torch",
 ]
 
 # Features per block, the largest of: 4096 (at large N each pass over the N×N accumulator is
@@ -134,6 +130,22 @@ def squared_distances(x: Any, *, block_size: int | None = None) -> np.ndarray:
     return _finish(gram, product)
 
 
+def squared_distances_or_nan(x: Any) -> tuple[np.ndarray, bool]:
+    """Squared distances of one step's samples, or an all-NaN matrix when they are not finite.
+
+    A diverged run's NaN/Inf activations become a flagged NaN point, not an error, so the other
+    layers and steps are still computed.
+
+    Returns
+    -------
+    (d2, nonfinite)
+    """
+    x = np.asarray(x)
+    if not np.isfinite(x).all():
+        return np.full((x.shape[0], x.shape[0]), np.nan), True
+    return squared_distances(x), False
+
+
 def channel_squared_distances(x: Any, *, block_size: int | None = None) -> np.ndarray:
     """Per-channel squared distances for the multivariate (channel-wise) kernel.
 
@@ -154,50 +166,6 @@ def channel_squared_distances(x: Any, *, block_size: int | None = None) -> np.nd
     if x.ndim < 2:
         raise InputError(f"x must have shape (N, C, ...) for channel distances, got {x.shape}")
     return np.stack([squared_distances(x[:, c], block_size=block_size) for c in range(x.shape[1])])
-
-
-def squared_distances_torch(x: torch.Tensor, *, block_size: int | None = None) -> torch.Tensor:
-    """Torch twin of :func:`squared_distances`: float64 result on ``x.device``.
-
-    Parameters
-    ----------
-    x : torch.Tensor, shape (N, ...)
-        Samples along axis 0, any real dtype, on any device.
-    block_size : int, optional
-        Features per float64 block.
-
-    Returns
-    -------
-    torch.Tensor, shape (N, N), float64
-    """
-    import torch
-
-    if x.ndim == 0:
-        raise InputError("x must have a leading sample axis, got a scalar")
-    if x.is_complex() or x.dtype == torch.bool:
-        raise InputError(f"x must hold real numbers, got dtype {x.dtype}")
-    n = x.shape[0]
-    if n < 2:
-        raise InputError(f"x has {n} sample(s) along axis 0; distances need at least 2 samples")
-    flat = x.reshape(n, -1)
-    d = flat.shape[1]
-    gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
-    if d:
-        # Larger default blocks than on the numpy path: fewer kernel launches on a GPU.
-        default = max(_MIN_BLOCK, (1 << 22) // n)
-        block = _block_features(n, d, block_size if block_size is not None else default)
-        for start in range(0, d, block):
-            part = flat[:, start : start + block].to(torch.float64)
-            part = part - part[0]  # out of place: x itself may already be float64
-            gram.addmm_(part, part.T)
-    sq = torch.diagonal(gram).clone()
-    if not bool(torch.isfinite(sq).all()):
-        bad = (~torch.isfinite(flat).all(dim=1)).nonzero().flatten().cpu().numpy()
-        raise InputError(_nonfinite_message(bad, n, "x"))
-    d2 = sq[:, None] + sq[None, :] - 2.0 * gram
-    d2 = torch.triu(d2, 1)
-    d2 = d2 + d2.T
-    return d2.clamp_(min=0.0)
 
 
 def check_square_stack(a: Any, what: str, *, min_n: int = 2) -> np.ndarray:

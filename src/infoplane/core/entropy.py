@@ -14,7 +14,7 @@ S_2 = −log2 ‖A‖_F².
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -23,18 +23,11 @@ from scipy.sparse import csgraph, csr_matrix
 from infoplane.core.distances import check_square_stack
 from infoplane.errors import InputError
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = [
     "information_plane",
-    "information_plane_torch",
     "joint_entropy",
-    "joint_entropy_torch",
     "mutual_information",
-    "mutual_information_torch",
     "renyi_entropy",
-    "renyi_entropy_torch",
 ]
 
 _LN2 = np.log(2.0)
@@ -423,139 +416,3 @@ def _plane(h_x: Any, h_y: Any, h_t: Any, h_xt: Any, h_ty: Any, clipped: Any) -> 
         "I_TY": h_t + h_y - h_ty,
         "clipped_mass": clipped,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# torch twins (GPU when present); torch is imported only here
-
-
-def _check_gram_torch(gram: torch.Tensor, what: str) -> torch.Tensor:
-    import torch
-
-    if not isinstance(gram, torch.Tensor):
-        raise InputError(f"{what} must be a torch.Tensor, got {type(gram).__name__}")
-    if gram.is_complex() or gram.dtype == torch.bool:
-        raise InputError(f"{what} must hold real numbers, got dtype {gram.dtype}")
-    if gram.ndim < 2 or gram.shape[-1] != gram.shape[-2]:
-        raise InputError(
-            f"{what} must be a stack of square matrices (..., N, N), got {tuple(gram.shape)}"
-        )
-    if gram.shape[-1] < 2:
-        raise InputError(
-            f"{what} is {gram.shape[-1]}×{gram.shape[-1]}; at least 2 samples are needed"
-        )
-    g = gram.to(torch.float64)
-    if not bool(torch.isfinite(g).all()):
-        raise InputError(f"{what} contains NaN or Inf; recompute it from finite data")
-    scale = max(1.0, float(g.abs().max()))
-    if float((g - g.transpose(-1, -2)).abs().max()) > _SYMMETRY_RTOL * scale:
-        raise InputError(f"{what} is not symmetric; a Gram matrix must equal its transpose")
-    if bool((torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) <= 0).any()):
-        raise InputError(f"{what} has a trace <= 0; a Gram matrix has a positive diagonal")
-    return g
-
-
-def _normalise_torch(g: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return g / torch.diagonal(g, dim1=-2, dim2=-1).sum(-1)[..., None, None]
-
-
-def _entropy_torch(a: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    if alpha == 2.0:
-        h = -torch.log2((a * a).sum(dim=(-2, -1)))
-        return h, torch.zeros_like(h)
-    lam = torch.linalg.eigvalsh(a)
-    clipped = -lam.clamp(max=0.0).sum(-1)
-    noise = lam.shape[-1] * torch.finfo(torch.float64).eps * lam.max(dim=-1, keepdim=True).values
-    p = torch.where(lam > noise, lam, torch.zeros_like(lam))
-    p = p / p.sum(-1, keepdim=True)
-    if alpha == 1.0:
-        return torch.special.entr(p).sum(-1) / _LN2, clipped
-    top = p.max(dim=-1).values
-    if np.isinf(alpha):
-        return -torch.log2(top), clipped
-    if alpha < _NEAR_ONE:  # see _entropy_of_probabilities
-        positive = p > 0
-        log_p = torch.log(torch.where(positive, p, torch.ones_like(p)))
-        terms = torch.where(positive, p * torch.expm1((alpha - 1.0) * log_p), torch.zeros_like(p))
-        return torch.log1p(terms.sum(-1)) / ((1.0 - alpha) * _LN2), clipped
-    ratio_sum = ((p / top[..., None]) ** alpha).sum(-1)
-    return (alpha * torch.log2(top) + torch.log2(ratio_sum)) / (1.0 - alpha), clipped
-
-
-def renyi_entropy_torch(
-    gram: torch.Tensor, alpha: float = 1.0, *, return_clipped: bool = False
-) -> Any:
-    """Torch twin of :func:`renyi_entropy` (float64, on ``gram.device``)."""
-    alpha = _check_alpha(alpha)
-    g = _check_gram_torch(gram, "gram")
-    h, clipped = _entropy_torch(_normalise_torch(g), alpha)
-    return (h, clipped) if return_clipped else h
-
-
-def joint_entropy_torch(
-    grams: Sequence[torch.Tensor], alpha: float = 1.0, *, return_clipped: bool = False
-) -> Any:
-    """Torch twin of :func:`joint_entropy`."""
-    alpha = _check_alpha(alpha)
-    mats = [_check_gram_torch(g, f"grams[{i}]") for i, g in enumerate(grams)]
-    if not mats:
-        raise InputError("grams is empty; pass at least one Gram matrix")
-    if len({m.shape[-1] for m in mats}) > 1:
-        raise InputError("grams have different numbers of samples N")
-    prod = mats[0]
-    for m in mats[1:]:
-        prod = prod * m
-    h, clipped = _entropy_torch(_normalise_torch(prod), alpha)
-    return (h, clipped) if return_clipped else h
-
-
-def mutual_information_torch(
-    gram_a: torch.Tensor, gram_b: torch.Tensor, alpha: float = 1.0
-) -> torch.Tensor:
-    """Torch twin of :func:`mutual_information` (one batched eigvalsh call)."""
-    import torch
-
-    alpha = _check_alpha(alpha)
-    a = _check_gram_torch(gram_a, "gram_a")
-    b = _check_gram_torch(gram_b, "gram_b")
-    if a.shape[-1] != b.shape[-1]:
-        raise InputError("gram_a and gram_b have different numbers of samples N")
-    a, b = torch.broadcast_tensors(a, b)
-    stack = torch.stack([_normalise_torch(m) for m in (a, b, a * b)])
-    h, _ = _entropy_torch(stack, alpha)
-    return h[0] + h[1] - h[2]
-
-
-def information_plane_torch(
-    gram_x: torch.Tensor, gram_layers: torch.Tensor, gram_y: torch.Tensor, alpha: float = 1.0
-) -> dict[str, torch.Tensor]:
-    """Torch twin of :func:`information_plane`: all 3L + 2 spectra in one batched eigvalsh call.
-
-    Returns the same keys as :func:`information_plane`, as float64 tensors on the input device.
-    """
-    import torch
-
-    alpha = _check_alpha(alpha)
-    x = _check_gram_torch(gram_x, "gram_x")
-    y = _check_gram_torch(gram_y, "gram_y")
-    t = _check_gram_torch(gram_layers, "gram_layers")
-    if x.ndim != 2 or y.ndim != 2:
-        raise InputError("gram_x and gram_y must be single (N, N) matrices")
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim != 3:
-        raise InputError(f"gram_layers must have shape (L, N, N), got {tuple(t.shape)}")
-    if len({x.shape[-1], y.shape[-1], t.shape[-1]}) > 1:
-        raise InputError("gram_x, gram_layers and gram_y have different numbers of samples N")
-    count = t.shape[0]
-    stack = torch.cat([x[None], y[None], t, x * t, t * y])
-    h, c = _entropy_torch(_normalise_torch(stack), alpha)
-    h_x, h_y = h[0], h[1]
-    h_t, h_xt, h_ty = h[2 : 2 + count], h[2 + count : 2 + 2 * count], h[2 + 2 * count :]
-    c_t, c_xt, c_ty = c[2 : 2 + count], c[2 + count : 2 + 2 * count], c[2 + 2 * count :]
-    clipped = torch.maximum(torch.stack([c_t, c_xt, c_ty]).max(0).values, torch.maximum(c[0], c[1]))
-    return _plane(h_x, h_y, h_t, h_xt, h_ty, clipped)

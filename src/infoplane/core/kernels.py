@@ -7,20 +7,16 @@ with σ = √2·s (see :mod:`infoplane.core.widths`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from infoplane.core.distances import check_square_stack
 from infoplane.errors import InputError
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = [
     "check_distances",
     "gaussian_gram",
-    "gaussian_gram_torch",
     "label_gram",
     "multivariate_gram",
 ]
@@ -148,17 +144,3 @@ def multivariate_gram(d2_channels: Any, sigmas: Any) -> np.ndarray:
     out = np.tensordot(weights, d2, axes=1)
     out *= -1.0
     return exp_flushed(out)
-
-
-def gaussian_gram_torch(d2: torch.Tensor, sigma: Any) -> torch.Tensor:
-    """Torch twin of :func:`gaussian_gram` (float64, on ``d2.device``)."""
-    import torch
-
-    if d2.ndim < 2 or d2.shape[-1] != d2.shape[-2] or d2.shape[-1] < 2:
-        raise InputError(f"d2 must be a stack of square matrices (..., N, N), got {d2.shape}")
-    s = torch.as_tensor(sigma, dtype=torch.float64, device=d2.device)
-    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
-        raise InputError(f"sigma must be finite and > 0, got {sigma!r}")
-    arg = d2.to(torch.float64) * (-1.0 / s**2)[..., None, None]
-    out = torch.exp(arg.clamp(min=EXP_FLOOR))
-    return out.masked_fill_(arg < EXP_FLOOR, 0.0)

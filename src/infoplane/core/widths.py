@@ -457,12 +457,14 @@ def select_width(
     gram_y: Any = None,
     grid: GridKind | Any = "linear",
     points: int = 100,
-) -> tuple[float, bool]:
-    """One width for one (N, N) distance matrix by a named rule (no smoothing).
+) -> tuple[Any, Any]:
+    """The width of a named rule for a distance matrix or a stack of them (no smoothing).
+
+    The one dispatcher of the width rules: every stage that needs a width comes here.
 
     Parameters
     ----------
-    d2 : array_like, shape (N, N)
+    d2 : array_like, shape (N, N) or (..., N, N)
     rule : {"fixed", "silverman", "scott", "median", "alignment"}
     sigma : float
         The width for ``"fixed"``.
@@ -476,7 +478,8 @@ def select_width(
     Returns
     -------
     (sigma, boundary_hit)
-        ``boundary_hit`` is False for rules without a grid.
+        Floats for one matrix (a fixed width is one float for any input), arrays (...) for a
+        stack; ``boundary_hit`` is False for rules without a grid.
     """
     if rule == "fixed":
         if sigma is None:
@@ -489,14 +492,32 @@ def select_width(
         if dim is None:
             raise InputError(f"rule {rule!r} needs dim (features per sample)")
         fn = silverman_width if rule == "silverman" else scott_width
-        return float(fn(d2, dim)), False
+        return fn(d2, dim), False
     if rule == "median":
-        return float(median_width(d2)), False
+        return median_width(d2), False
     if rule == "alignment":
         if gram_y is None:
             raise InputError("rule 'alignment' needs gram_y (the label Gram)")
-        s, hit = alignment_width(d2, gram_y, grid=grid, points=points)
-        return float(s), bool(hit)
+        return alignment_width(d2, gram_y, grid=grid, points=points)
     raise InputError(
         f"unknown width rule {rule!r}; choose one of fixed, silverman, scott, median, alignment"
     )
+
+
+def smooth_along_steps(
+    sigma_star: np.ndarray, beta: float, steps: np.ndarray | None = None
+) -> np.ndarray:
+    """Smooth (S, L) widths along steps, per layer, skipping NaN points.
+
+    With ``steps`` (training iterations) β applies per iteration (see :func:`smooth_widths`);
+    without, per captured step. A NaN point (not estimable) neither resets nor poisons the
+    average of the later steps.
+    """
+    smoothed = np.full(sigma_star.shape, np.nan)
+    for layer in range(sigma_star.shape[1]):
+        finite = np.isfinite(sigma_star[:, layer])
+        if finite.any():
+            smoothed[finite, layer] = smooth_widths(
+                sigma_star[finite, layer], beta, steps=None if steps is None else steps[finite]
+            )
+    return smoothed

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from infoplane.errors import ConfigError
+from infoplane.errors import ConfigError, InfoplaneError
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,20 @@ def dask_client(
             cluster.close()
 
 
+@contextlib.contextmanager
+def client_or(client: Any = None, **cluster: Any) -> Iterator[Any]:
+    """The client to use: ``client`` itself, or one from :func:`dask_client` (closed after).
+
+    ``cluster`` holds :func:`dask_client`'s keyword arguments (``workers``,
+    ``scheduler_address``, ``cluster_config``); every stage that runs tasks gets its client here.
+    """
+    if client is not None:
+        yield client
+        return
+    with dask_client(**cluster) as own:
+        yield own
+
+
 def run_tasks(
     client: Any,
     fn: Callable[..., Any],
@@ -259,11 +273,54 @@ def run_tasks(
             if len(failed) > 1:
                 log.error("%s: %d of %d tasks failed", label, len(failed), len(futures))
             first.result()  # re-raises the task's own exception, with its message
-            raise RuntimeError(f"{label} task {first_name} ended in state {first.status}")
+            raise InfoplaneError(
+                f"{label} task {first_name} ended in state {first.status!r} without an error "
+                "of its own (a worker lost?); finished work is kept, rerun the command"
+            )
         return client.gather(futures)  # one round trip for every result
     finally:
         for future in futures:
             future.release()
+
+
+# tasks per worker thread in each round: a step costs only tens of milliseconds, so one task per
+# step would spend as much time in dispatch and result transfer as in the work itself
+_TASKS_PER_THREAD = 2
+
+
+def run_batch(fn: Any, calls: Sequence[tuple]) -> list[Any]:
+    """Task: ``fn(*args)`` for every ``args`` in ``calls``, in order, in one worker call."""
+    return [fn(*args) for args in calls]
+
+
+def _batch_size(client: Any, n_calls: int) -> int:
+    """Calls per task: about ``_TASKS_PER_THREAD`` tasks per worker thread; 1 without workers."""
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:  # an unusual client (no scheduler query): keep one call per task
+        threads = 0
+    if threads <= 0:
+        return 1
+    return max(1, -(-n_calls // (_TASKS_PER_THREAD * threads)))
+
+
+def run_batched(
+    client: Any, fn: Any, calls: Sequence[tuple], *, label: str, names: Sequence[str]
+) -> list[Any]:
+    """:func:`run_tasks` over batches of consecutive calls; results per call, in call order."""
+    size = _batch_size(client, len(calls))
+    if size == 1:
+        return run_tasks(client, fn, calls, label=label, names=names)
+    starts = range(0, len(calls), size)
+    batches = [(fn, list(calls[a : a + size])) for a in starts]
+    batch_names = [
+        names[a]
+        if len(calls[a : a + size]) == 1
+        else f"{names[a]}..{names[min(a + size, len(calls)) - 1]}"
+        for a in starts
+    ]
+    results = run_tasks(client, run_batch, batches, label=label, names=batch_names)
+    return [value for batch in results for value in batch]
 
 
 def add_cluster_arguments(parser: Any) -> None:

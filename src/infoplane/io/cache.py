@@ -18,9 +18,11 @@ Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xa
       sigma_star(step, layer) float64, boundary_hit(step, layer) bool, step(step) int64;
       attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures
 
-One task per (split, step) opens the store's Zarr arrays itself, reads exactly that step's chunks,
-writes its own region of the pre-allocated cache and then sets ``done``. Every per-step array has
-one chunk per step, so concurrent tasks never share a chunk. A rerun skips done steps.
+:func:`create_cache` pre-allocates every array for the store's captured steps; one task per
+(split, step) writes its own region with :func:`write_step`, which sets ``done`` last. Every
+per-step array has one chunk per step, so concurrent tasks never share a chunk, and a rerun skips
+done steps. :func:`read_step` reads one step's arrays concurrently through handles held per
+process.
 
 The argmax widths σ* of an alignment search depend only on the distances, the labels and the
 grid, so ``infoplane estimate`` keeps them under ``widths/`` (keyed by the search settings and the
@@ -31,63 +33,29 @@ never see half an entry; deleting ``widths/`` only costs the searches again.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import asyncio
 import logging
-import os
-import shutil
-import uuid
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from infoplane.errors import StoreError
+from infoplane.io.files import digest, replacing
+from infoplane.io.store import PROVENANCE_KEYS, SPLITS, StorePlan
 
 log = logging.getLogger(__name__)
 
 CACHE_KIND = "infoplane-distance-cache"
 CACHE_SCHEMA_VERSION = 1
-SPLITS = ("train", "test")
-
-
-class NaNPointWarning(UserWarning):
-    """Some (run, split, step, layer) points could not be estimated (NaN/Inf activations): NaN."""
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """Captured steps of one split and where they live in the store and in the cache."""
-
-    split: str
-    steps: np.ndarray  # captured steps, ascending
-    epochs: np.ndarray
-    store_index: np.ndarray  # positions on the store's step axis
-    n_samples: int
-
-
-@dataclass(frozen=True)
-class StorePlan:
-    """What the distance stage needs to know about an activation store (metadata only)."""
-
-    path: str
-    layers: list[str]
-    layer_shapes: dict[str, tuple[int, ...]]
-    input_shape: tuple[int, ...]
-    splits: dict[str, SplitPlan]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    fingerprint: str = ""  # digest of the store's root attributes (its settings)
-
-    @property
-    def dims(self) -> dict[str, int]:
-        return {name: int(np.prod(shape)) for name, shape in self.layer_shapes.items()}
-
-    @property
-    def input_dim(self) -> int:
-        return int(np.prod(self.input_shape))
+#: The per-step arrays of a split, in the order :func:`write_step` writes them.
+STEP_VARIABLES = ("d2", "d2_x", "y", "nonfinite", "nonfinite_x")
+#: Target size of one d2 chunk: all layers of a step in one read at small N, a few at large N.
+D2_CHUNK_BYTES = 64 * 2**20
 
 
 def _open_group(path: str | Path, mode: str = "r"):
@@ -99,227 +67,41 @@ def _open_group(path: str | Path, mode: str = "r"):
         raise StoreError(f"cannot open Zarr group {path}: {exc}") from None
 
 
-def read_store_plan(store: str | Path, splits: Sequence[str] | None = None) -> StorePlan:
-    """Read an activation store's metadata: layers, shapes and captured steps per split.
-
-    Raises
-    ------
-    StoreError
-        The path is not an activation store, a split or layer is missing, or nothing is captured.
-    """
-    path = Path(store)
-    if not path.exists():
-        raise StoreError(f"activation store {path} does not exist")
-    root = _open_group(path)
-    attrs = dict(root.attrs)
-    layers = attrs.get("layers")
-    if not layers:
-        raise StoreError(
-            f"{path} is not an activation store: its attributes lack 'layers' "
-            "(write it with infoplane.io.store.create_store)"
-        )
-    available = [name for name in SPLITS if name in root]
-    wanted = list(splits) if splits else available
-    missing = [name for name in wanted if name not in root]
-    if missing or not wanted:
-        raise StoreError(f"store {path} has no split group(s) {missing or list(SPLITS)}")
-    plans: dict[str, SplitPlan] = {}
-    layer_shapes: dict[str, tuple[int, ...]] = {}
-    input_shape: tuple[int, ...] = ()
-    for split in wanted:
-        group = root[split]
-        for name in ["x", "y", "step", "captured", *layers]:
-            if name not in group:
-                raise StoreError(
-                    f"store {path}, split {split}: variable {name!r} is missing "
-                    f"(layers listed in the store attributes: {', '.join(layers)})"
-                )
-        captured = np.asarray(group["captured"][...], dtype=bool)
-        index = np.flatnonzero(captured)
-        steps = np.asarray(group["step"][...], dtype=np.int64)
-        epochs = (
-            np.asarray(group["epoch"][...], dtype=np.float64)
-            if "epoch" in group
-            else np.full(steps.shape, np.nan)
-        )
-        order = np.argsort(steps[index], kind="stable")
-        index = index[order]
-        n_samples = int(group["y"].shape[1])
-        plans[split] = SplitPlan(split, steps[index], epochs[index], index, n_samples)
-        for name in layers:
-            shape = tuple(int(s) for s in group[name].shape[2:])
-            if layer_shapes.setdefault(name, shape) != shape:
-                raise StoreError(f"store {path}: layer {name!r} has different shapes per split")
-        input_shape = tuple(int(s) for s in group["x"].shape[2:])
-    if not any(len(p.steps) for p in plans.values()):
-        raise StoreError(
-            f"store {path} has no captured step in split(s) {', '.join(wanted)}; "
-            "run (or resume) training first"
-        )
-    keep = {k: attrs[k] for k in ("experiment", "run", "seed", "model", "dataset") if k in attrs}
-    return StorePlan(
-        str(path.resolve()), list(layers), layer_shapes, input_shape, plans, keep, _digest(attrs)
-    )
+# --------------------------------------------------------------------------------------------
+# creation and writing
 
 
-def _digest(value: Any) -> str:
-    """SHA-256 of the canonical JSON text of ``value``."""
-    text = json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _distances_or_nan(values: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Squared distances of one step's samples; an all-NaN matrix when the values are not finite.
-
-    A diverged run's NaN/Inf activations become a flagged NaN point, not an error, so the other
-    layers and steps are still computed.
-    """
-    from infoplane.core.distances import squared_distances
-
-    n = values.shape[0]
-    if not np.isfinite(values).all():
-        return np.full((n, n), np.nan), True
-    return squared_distances(values), False
-
-
-def _read_step(
-    store: str, group: Any, name: str, row: int, split: str, step: int | None = None
-) -> np.ndarray:
-    """One step of one store variable, read from its own chunk(s).
-
-    A missing chunk of a captured step or one that does not decode is a StoreError naming the
-    split, step and variable (zarr alone would return fill values for a missing chunk).
-    """
-    import itertools
-    import math
-
-    array = group[name]
-    where = f"store {store}, split {split}, step {step if step is not None else f'index {row}'}"
-    chunks = array.chunks
-    grid = [range(math.ceil(n / c)) for n, c in zip(array.shape[1:], chunks[1:], strict=True)]
-    for rest in itertools.product(*grid):
-        key = array.metadata.encode_chunk_key((row // chunks[0], *rest))
-        if not (Path(store) / array.path / key).is_file():
-            raise StoreError(
-                f"{where}, variable {name!r}: chunk {key} "
-                "is missing although the step is captured; recapture the step or restore the "
-                "store (`infoplane store validate` lists every damaged chunk)"
-            )
-    try:
-        return np.asarray(array[row])
-    except Exception as exc:  # zarr raises several types for a truncated or corrupt chunk
-        raise StoreError(
-            f"{where}, variable {name!r}: the chunk cannot "
-            f"be decoded ({type(exc).__name__}: {exc}); it is truncated or corrupt. Recapture "
-            "the step or restore the store"
-        ) from exc
-
-
-def step_distances(
-    store: str, split: str, store_index: int, layers: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Read one step of one split from the store and compute its squared distances.
-
-    Opens the store's Zarr arrays directly and reads only this step's chunks.
-
-    Returns
-    -------
-    dict
-        ``d2`` (L, N, N), ``d2_x`` (N, N), ``y`` (N,), ``nonfinite`` (L,) and ``nonfinite_x`` ().
-    """
-    group = _open_group(store)[split]
-    step = int(group["step"][store_index])
-    d2 = []
-    nonfinite = []
-    for name in layers:
-        matrix, bad = _distances_or_nan(_read_step(store, group, name, store_index, split, step))
-        d2.append(matrix)
-        nonfinite.append(bad)
-    d2_x, bad_x = _distances_or_nan(_read_step(store, group, "x", store_index, split, step))
-    return {
-        "d2": np.stack(d2) if d2 else np.empty((0, *d2_x.shape)),
-        "d2_x": d2_x,
-        "y": np.asarray(_read_step(store, group, "y", store_index, split, step), dtype=np.int64),
-        "nonfinite": np.asarray(nonfinite, dtype=bool),
-        "nonfinite_x": np.asarray(bad_x),
-    }
-
-
-def channel_distances(store: str, split: str, store_index: int, layer: str) -> np.ndarray:
-    """Per-channel squared distances (C, N, N) of one layer at one step (axis 0 of a sample).
-
-    A layer of vectors (D,) is one channel. Raises InputError on NaN/Inf activations.
-    """
-    from infoplane.core.distances import channel_squared_distances, squared_distances
-
-    values = _read_step(store, _open_group(store)[split], layer, store_index, split)
-    if values.ndim == 2:
-        return squared_distances(values)[None]
-    return channel_squared_distances(values)
-
-
-def write_step(
-    store: str,
-    cache: str,
-    split: str,
-    store_index: int,
-    cache_index: int,
-    layers: Sequence[str],
-) -> list[str]:
-    """Task: compute one (split, step) and write its region of the cache, then mark it done.
-
-    Returns
-    -------
-    list of str
-        Names of the layers (``"x"`` for the input) whose activations were not finite.
-    """
-    result = step_distances(store, split, store_index, layers)
-    group = _open_group(cache, mode="r+")[split]
-    group["d2"][cache_index] = result["d2"]
-    group["d2_x"][cache_index] = result["d2_x"]
-    group["y"][cache_index] = result["y"]
-    group["nonfinite"][cache_index] = result["nonfinite"]
-    group["nonfinite_x"][cache_index] = result["nonfinite_x"]
-    # last: a step counts as cached only once every variable of it is on disk
-    group["done"][cache_index] = True
-    bad = [name for name, flag in zip(layers, result["nonfinite"], strict=True) if flag]
-    return (["x"] if result["nonfinite_x"] else []) + bad
-
-
-#: Target size of one d2 chunk: all layers of a step in one read at small N, a few at large N.
-D2_CHUNK_BYTES = 64 * 2**20
-
-
-def _split_template(plan: StorePlan, split: SplitPlan):
-    import dask.array as da
+def _split_template(plan: StorePlan, split: str):
+    """The split's Dataset of lazily zero arrays: to_zarr(compute=False) writes metadata only."""
     import xarray as xr
 
-    n_steps, n_layers, n = len(split.steps), len(plan.layers), split.n_samples
+    at = plan.splits[split]
+    n_steps, n_layers, n = len(at.steps), len(plan.layers), at.n_samples
     per_chunk = max(1, min(n_layers, D2_CHUNK_BYTES // (8 * n * n)))
 
-    def lazy(shape, chunks, dtype):
-        # never computed: to_zarr(compute=False) writes only the metadata of these arrays
-        return da.zeros(shape, chunks=chunks, dtype=dtype)
+    def lazy(dims, shape, chunks, dtype):
+        # a read-only view of one zero: no memory, whatever the shape
+        zeros = np.broadcast_to(np.zeros((), dtype=dtype), shape)
+        return xr.Variable(dims, zeros).chunk(dict(zip(dims, chunks, strict=True)))
 
     data = {
-        "d2": (
-            ("step", "layer", "i", "j"),
-            lazy((n_steps, n_layers, n, n), (1, per_chunk, n, n), "f8"),
+        "d2": lazy(
+            ("step", "layer", "i", "j"), (n_steps, n_layers, n, n), (1, per_chunk, n, n), "f8"
         ),
-        "d2_x": (("step", "i", "j"), lazy((n_steps, n, n), (1, n, n), "f8")),
-        "y": (("step", "sample"), lazy((n_steps, n), (1, n), "i8")),
-        "nonfinite": (("step", "layer"), lazy((n_steps, n_layers), (1, n_layers), bool)),
-        "nonfinite_x": (("step",), lazy((n_steps,), (1,), bool)),
-        "done": (("step",), lazy((n_steps,), (1,), bool)),
+        "d2_x": lazy(("step", "i", "j"), (n_steps, n, n), (1, n, n), "f8"),
+        "y": lazy(("step", "sample"), (n_steps, n), (1, n), "i8"),
+        "nonfinite": lazy(("step", "layer"), (n_steps, n_layers), (1, n_layers), bool),
+        "nonfinite_x": lazy(("step",), (n_steps,), (1,), bool),
+        "done": lazy(("step",), (n_steps,), (1,), bool),
         "dim": (("layer",), np.array([plan.dims[name] for name in plan.layers], dtype=np.int64)),
         "dim_x": ((), np.int64(plan.input_dim)),
     }
     coords = {
-        "step": ("step", split.steps),
-        "epoch": ("step", split.epochs),
+        "step": ("step", at.steps),
+        "epoch": ("step", at.epochs),
         "layer": ("layer", np.array(plan.layers, dtype=object)),
     }
-    attrs = {"split": split.split, "n_samples": split.n_samples}
+    attrs = {"split": split, "n_samples": at.n_samples}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -345,63 +127,44 @@ def create_cache(path: str | Path, plan: StorePlan) -> None:
     """
     import zarr
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".creating")
-    shutil.rmtree(tmp, ignore_errors=True)
-    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    root.attrs.update(_cache_attrs(plan))
-    for split in plan.splits.values():
-        template = _split_template(plan, split)
-        # distances are full-entropy float64: compression would cost time and save little
-        raw = {"compressors": None}
-        template.to_zarr(
-            str(tmp),
-            group=split.split,
-            mode="w",
-            compute=False,
-            consolidated=False,
-            encoding={"d2": raw, "d2_x": raw},
-        )
-    # unwritten steps must read as missing, not as zero distances
-    for split in plan.splits:
-        group = zarr.open_group(str(tmp), mode="r+")[split]
-        group["done"][...] = False
-        group["nonfinite"][...] = False
-        group["nonfinite_x"][...] = False
-    # readers opening with xarray's defaults find consolidated metadata (no fallback warning);
-    # tasks later write data only, so it never goes stale
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
-        zarr.consolidate_metadata(str(tmp))
-    os.replace(tmp, path)
+    with replacing(path, tag="creating") as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root.attrs.update(_cache_attrs(plan))
+        for split in plan.splits:
+            # distances are full-entropy float64: compression would cost time and save little
+            raw = {"compressors": None}
+            _split_template(plan, split).to_zarr(
+                str(tmp),
+                group=split,
+                mode="w",
+                compute=False,
+                consolidated=False,
+                encoding={"d2": raw, "d2_x": raw},
+            )
+        # unwritten steps must read as missing, not as zero distances
+        for split in plan.splits:
+            group = zarr.open_group(str(tmp), mode="r+")[split]
+            group["done"][...] = False
+            group["nonfinite"][...] = False
+            group["nonfinite_x"][...] = False
+        # readers opening with xarray's defaults find consolidated metadata (no fallback
+        # warning); tasks later write data only, so it never goes stale
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
+            zarr.consolidate_metadata(str(tmp))
 
 
-def open_cache_root(path: str | Path):
-    """The cache's root Zarr group, checked to be a distance cache."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"distance cache {path} does not exist; run `infoplane distances` first")
-    root = _open_group(path)
-    if root.attrs.get("kind") != CACHE_KIND:
-        raise StoreError(f"{path} is not a distance cache (attribute kind != {CACHE_KIND!r})")
-    return root
+def write_step(cache: str | Path, split: str, index: int, values: Mapping[str, Any]) -> None:
+    """Write step ``index`` of ``split``: every array of :data:`STEP_VARIABLES`, then ``done``."""
+    group = _open_group(cache, mode="r+")[split]
+    for name in STEP_VARIABLES:
+        group[name][index] = values[name]
+    # last: a step counts as cached only once every variable of it is on disk
+    group["done"][index] = True
 
 
-def is_distance_cache(path: str | Path) -> bool:
-    """Whether ``path`` is a distance cache (as opposed to an activation store)."""
-    try:
-        return _open_group(path).attrs.get("kind") == CACHE_KIND
-    except StoreError:
-        return False
-
-
-def cache_done(path: str | Path, split: str) -> np.ndarray:
-    """The ``done(step)`` flags of one split."""
-    return np.asarray(open_cache_root(path)[split]["done"][...], dtype=bool)
-
-
-def _check_compatible(path: Path, plan: StorePlan) -> None:
-    """A cache can be resumed only for the same steps, layers and probe sizes."""
+def check_compatible(path: str | Path, plan: StorePlan) -> None:
+    """A cache can be resumed only for the same store, steps, layers and probe sizes."""
     root = open_cache_root(path)
     problems = []
     if list(root.attrs.get("layers", [])) != plan.layers:
@@ -430,72 +193,153 @@ def _check_compatible(path: Path, plan: StorePlan) -> None:
         log.info("resuming %s, written from %s", path, root.attrs.get("store"))
 
 
-def compute_distances(
-    store: str | Path,
-    out: str | Path,
-    *,
-    splits: Sequence[str] | None = None,
-    overwrite: bool = False,
-    client: Any = None,
-    workers: int | None = None,
-    scheduler_address: str | None = None,
-    cluster_config: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fill (or resume) the distance cache ``out`` from the activation store ``store``.
+# --------------------------------------------------------------------------------------------
+# reading
 
-    Parameters
-    ----------
-    store, out
-        Activation store and cache paths.
-    splits
-        Splits to cache (default: every split of the store).
-    overwrite
-        Start afresh even if ``out`` holds a compatible, partly done cache.
-    client
-        A ``distributed.Client`` to run on; None starts one (see :mod:`infoplane.estimate.cluster`).
 
-    Returns
-    -------
-    dict
-        ``computed`` and ``skipped`` step counts and the ``nonfinite`` points
-        ``(split, step, layer)``.
+def open_cache_root(path: str | Path):
+    """The cache's root Zarr group, checked to be a distance cache."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"distance cache {path} does not exist; run `infoplane distances` first")
+    root = _open_group(path)
+    if root.attrs.get("kind") != CACHE_KIND:
+        raise StoreError(f"{path} is not a distance cache (attribute kind != {CACHE_KIND!r})")
+    return root
+
+
+def is_distance_cache(path: str | Path) -> bool:
+    """Whether ``path`` is a distance cache (as opposed to an activation store)."""
+    try:
+        return _open_group(path).attrs.get("kind") == CACHE_KIND
+    except StoreError:
+        return False
+
+
+def cache_done(path: str | Path, split: str) -> np.ndarray:
+    """The ``done(step)`` flags of one split."""
+    return np.asarray(open_cache_root(path)[split]["done"][...], dtype=bool)
+
+
+@dataclass(frozen=True)
+class CacheSplit:
+    """The cached steps of one split."""
+
+    split: str
+    steps: np.ndarray
+    epochs: np.ndarray
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What an estimate needs to know of a complete cache (metadata only)."""
+
+    path: str
+    store: str  # the activation store the distances were computed from
+    layers: tuple[str, ...]
+    dims: tuple[int, ...]
+    dim_x: int
+    splits: dict[str, CacheSplit]
+    attrs: dict[str, Any]  # provenance of the run (PROVENANCE_KEYS present) and ``store``
+
+
+def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> CachePlan:
+    """Read a cache's metadata; every step of the wanted splits must be done.
+
+    Raises
+    ------
+    StoreError
+        Not a cache, a split is missing, or a step is not computed yet.
     """
-    from infoplane.estimate.cluster import dask_client, run_tasks
+    path = Path(path)
+    root = open_cache_root(path)
+    attrs = dict(root.attrs)
+    wanted = list(splits) if splits else [s for s in attrs.get("splits", SPLITS) if s in root]
+    found: dict[str, CacheSplit] = {}
+    dims: tuple[int, ...] = ()
+    dim_x = 0
+    for name in wanted:
+        if name not in root:
+            raise StoreError(f"distance cache {path} has no split {name!r}")
+        group = root[name]
+        done = np.asarray(group["done"][...], dtype=bool)
+        step = np.asarray(group["step"][...], dtype=np.int64)
+        if not done.all():
+            missing = ", ".join(map(str, step[~done][:10]))
+            raise StoreError(
+                f"distance cache {path}, split {name}: steps {missing} are not computed yet; "
+                f"rerun `infoplane distances {attrs.get('store', 'STORE')} --out {path}` "
+                "to complete it"
+            )
+        epochs = np.asarray(group["epoch"][...], dtype=np.float64)
+        found[name] = CacheSplit(name, step, epochs, int(group["y"].shape[1]))
+        dims = tuple(int(d) for d in group["dim"][...])
+        dim_x = int(group["dim_x"][...])
+    keep = {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
+    keep["store"] = attrs.get("store")
+    return CachePlan(
+        str(path.resolve()), str(attrs.get("store", "")), tuple(attrs["layers"]), dims, dim_x,
+        found, keep,
+    )  # fmt: skip
 
-    plan = read_store_plan(store, splits)
-    out = Path(out)
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    if out.exists():
-        _check_compatible(out, plan)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        create_cache(out, plan)
 
-    calls, names = [], []
-    skipped = 0
-    for split in plan.splits.values():
-        done = cache_done(out, split.split)
-        for i, (step, index) in enumerate(zip(split.steps, split.store_index, strict=True)):
-            if done[i]:
-                skipped += 1
-                continue
-            calls.append((plan.path, str(out.resolve()), split.split, int(index), i, plan.layers))
-            names.append(f"{split.split}-{step}")
-    log.info("distances: %d steps to compute, %d already done", len(calls), skipped)
-    if calls:
-        if client is None:
-            with dask_client(
-                workers=workers, scheduler_address=scheduler_address, cluster_config=cluster_config
-            ) as own:
-                run_tasks(own, write_step, calls, label="distances", names=names)
-        else:
-            run_tasks(client, write_step, calls, label="distances", names=names)
-    # from the cache, so that a resumed run still names the points of the earlier attempt
-    nonfinite = nonfinite_points(out)
-    if nonfinite:
-        warn_nan_points(plan.attrs.get("run"), nonfinite, stage="distances")
-    return {"computed": len(calls), "skipped": skipped, "nonfinite": nonfinite}
+# Per-process handles of the cache's arrays: opening them costs as much as reading a step.
+_held: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = {}
+# One event loop per reading thread, for zarr's asynchronous reads (workers may run threads).
+_loops = threading.local()
+
+
+def _step_arrays(path: str, split: str) -> dict[str, Any]:
+    """The cache's per-step arrays of ``split``, opened once per process.
+
+    Reopened when the split's or ``d2``'s metadata file changes (a recreated cache).
+    """
+    import zarr
+
+    group_path = Path(path) / split
+    token = tuple(
+        value
+        for meta in (group_path / "zarr.json", group_path / "d2" / "zarr.json")
+        for stat in [meta.stat()]
+        for value in (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    )
+    held = _held.get((path, split))
+    if held is not None and held[0] == token:
+        return held[1]
+    # the split group itself: cheaper than the root's consolidated metadata
+    group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
+    arrays = {name: group[name] for name in STEP_VARIABLES}
+    if len(_held) >= 32:
+        _held.clear()
+    _held[(path, split)] = (token, arrays)
+    return arrays
+
+
+def read_step(
+    path: str | Path, split: str, index: int, *, layers: bool = True
+) -> dict[str, np.ndarray]:
+    """One cached step: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
+
+    The arrays are read concurrently with zarr's asynchronous API (the reads wait on I/O).
+    ``layers=False`` skips the layer distances (``d2`` is then absent): presets that build their
+    layer Grams from the activations do not need them.
+    """
+    names = STEP_VARIABLES if layers else STEP_VARIABLES[1:]
+    arrays = _step_arrays(str(path), split)
+
+    async def rows() -> list[Any]:
+        return await asyncio.gather(*(arrays[n].async_array.getitem(index) for n in names))
+
+    if getattr(_loops, "loop", None) is None:
+        _loops.loop = asyncio.new_event_loop()
+    data = {
+        n: np.asarray(row)
+        for n, row in zip(names, _loops.loop.run_until_complete(rows()), strict=True)
+    }
+    data["nonfinite"] = data["nonfinite"].astype(bool, copy=False)
+    data["nonfinite_x"] = data["nonfinite_x"].astype(bool, copy=False)
+    return data
 
 
 def nonfinite_points(path: str | Path) -> list[tuple[str, int, str]]:
@@ -516,27 +360,6 @@ def nonfinite_points(path: str | Path) -> list[tuple[str, int, str]]:
     return points
 
 
-def warn_nan_points(
-    run: str | None,
-    points: Sequence[tuple[str, int, str]],
-    *,
-    stage: str,
-    reason: str = "non-finite activations (NaN/Inf, a diverged run?)",
-    limit: int = 20,
-) -> None:
-    """One warning (and log line) naming every (run, split, step, layer) point left NaN."""
-    named = [f"(run {run}, split {s}, step {t}, layer {layer})" for s, t, layer in points]
-    shown = ", ".join(named[:limit])
-    if len(named) > limit:
-        shown += f" and {len(named) - limit} more"
-    message = (
-        f"{stage}: {reason} at {shown}; these points are NaN in the results, "
-        "the others are computed normally"
-    )
-    log.warning(message)
-    warnings.warn(message, NaNPointWarning, stacklevel=3)
-
-
 # --------------------------------------------------------------------------------------------
 # alignment widths kept beside the distances
 
@@ -555,7 +378,7 @@ class AlignmentWidths:
 def _widths_entry(cache: str | Path, split: str, search: Mapping[str, Any]) -> Path:
     from infoplane import __version__
 
-    key = _digest({"search": dict(search), "version": __version__})[:16]
+    key = digest({"search": dict(search), "version": __version__})[:16]
     return Path(cache) / WIDTHS_GROUP / f"{split}-{key}"
 
 
@@ -613,34 +436,27 @@ def write_cached_widths(
     from infoplane import __version__
 
     entry = _widths_entry(cache, split, search)
-    tmp = entry.with_name(f"{entry.name}.writing-{uuid.uuid4().hex[:12]}")
     try:
         if not (entry.parent / "zarr.json").is_file():
             zarr.open_group(str(entry.parent), mode="a", zarr_format=3)
-        shutil.rmtree(tmp, ignore_errors=True)
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.attrs.update(
-            {
-                "search": dict(search),
-                "layers": list(layers),
-                "infoplane_version": __version__,
-                "failures": [[int(k), layer, why] for k, layer, why in widths.failures],
-            }
-        )
-        for name, values in (
-            ("step", np.asarray(steps, dtype=np.int64)),
-            ("sigma_star", np.asarray(widths.sigma_star, dtype=np.float64)),
-            ("boundary_hit", np.asarray(widths.boundary_hit, dtype=bool)),
-        ):
-            group.create_array(name, data=values, compressors=None)
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not entry.exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another estimate kept the same search
+        # an entry another estimate kept meanwhile is kept: it holds the same search
+        with replacing(entry, keep_existing=True) as tmp:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            group.attrs.update(
+                {
+                    "search": dict(search),
+                    "layers": list(layers),
+                    "infoplane_version": __version__,
+                    "failures": [[int(k), layer, why] for k, layer, why in widths.failures],
+                }
+            )
+            for name, values in (
+                ("step", np.asarray(steps, dtype=np.int64)),
+                ("sigma_star", np.asarray(widths.sigma_star, dtype=np.float64)),
+                ("boundary_hit", np.asarray(widths.boundary_hit, dtype=bool)),
+            ):
+                group.create_array(name, data=values, compressors=None)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         log.warning(
             "could not keep the alignment widths in %s (%s); later presets search again",
             entry.parent,

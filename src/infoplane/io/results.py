@@ -19,7 +19,7 @@ A stacked, experiment-level file adds a leading ``run`` dimension and the attrib
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,65 @@ import numpy as np
 
 from infoplane.errors import InputError, StoreError
 from infoplane.io.files import replacing
+
+
+def build_result(
+    *,
+    layers: Sequence[str],
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray, int]],
+    points: Sequence[tuple[str, int, Mapping[str, Any]]],
+    attrs: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+) -> Any:
+    """The result Dataset of one run from its per-point values.
+
+    Parameters
+    ----------
+    layers
+        Layer names, input side first.
+    splits
+        ``split -> (steps, epochs, n_samples)``.
+    points
+        ``(split, step, values)``: a (L,) array per layer variable and a float per step
+        variable; every point has the same keys (their order is the variables' order). A point
+        that is absent is NaN (False for boolean variables).
+    attrs
+        Attributes of the estimate (``estimator``, ``preset``, ``source``, ``store``).
+    provenance
+        The run's provenance (``experiment``, ``run``, ...); values that are not numbers or
+        strings are stored as JSON.
+    """
+    import xarray as xr
+
+    from infoplane import __version__
+
+    split_names = list(splits)
+    steps = np.unique(np.concatenate([np.asarray(s[0]) for s in splits.values()]))
+    epoch = np.full(len(steps), np.nan)
+    for split_steps, epochs, _ in splits.values():
+        epoch[np.searchsorted(steps, split_steps)] = epochs
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in points[0][2].items():
+        value = np.asarray(value)
+        shape = (len(split_names), len(steps), *([len(layers)] if value.ndim else []))
+        arrays[key] = np.zeros(shape, bool) if value.dtype == bool else np.full(shape, np.nan)
+    for split, step, values in points:
+        at = (split_names.index(split), int(np.searchsorted(steps, step)))
+        for key, array in arrays.items():
+            array[at] = values[key]
+    data = {key: (("split", "step", "layer")[: array.ndim], array) for key, array in arrays.items()}
+    data["n_samples"] = (("split",), np.array([splits[s][2] for s in split_names]))
+    coords = {
+        "split": np.array(split_names, dtype=object),
+        "step": steps,
+        "epoch": ("step", epoch),
+        "layer": np.array(layers, dtype=object),
+    }
+    result_attrs = {**attrs, "infoplane_version": __version__, "units": "bits"}
+    for key, value in provenance.items():
+        if value is not None:
+            result_attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+    return xr.Dataset(data, coords=coords, attrs=result_attrs)
 
 
 def write_result(dataset: Any, out: str | Path) -> None:
@@ -39,14 +98,26 @@ def write_result(dataset: Any, out: str | Path) -> None:
 
 
 def open_result(path: str | Path) -> Any:
-    """A result file as an in-memory Dataset."""
+    """A result file (one run or stacked runs) as an in-memory Dataset.
+
+    Raises
+    ------
+    StoreError
+        ``path`` does not exist, or is not a readable Zarr result.
+    """
     import xarray as xr
 
     path = Path(path)
     if not path.exists():
         raise StoreError(f"result {path} does not exist; run `infoplane estimate` first")
-    with xr.open_zarr(str(path)) as dataset:
-        return dataset.load()
+    try:
+        with xr.open_zarr(str(path)) as dataset:
+            return dataset.load()
+    except (OSError, ValueError, KeyError) as exc:
+        raise StoreError(
+            f"cannot read result {path}: {exc}; write it again with `infoplane estimate` "
+            "(or `infoplane stack` for an experiment's stacked file)"
+        ) from None
 
 
 def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any:

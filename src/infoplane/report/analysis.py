@@ -1,8 +1,13 @@
-"""Summaries of information-plane results that test the paper's claims.
+"""Summaries of information-plane results that test the paper's claims, and the data helpers the
+figures draw from.
 
 Pure functions on the estimates (an ``mi/<preset>.zarr`` as an :class:`xarray.Dataset`, per run
-or stacked on ``run``) and on training metrics:
+or stacked on ``run``, read with :func:`infoplane.io.results.open_result`) and on training
+metrics (the runs' ``metrics.csv``, read with :func:`load_metrics`):
 
+- :func:`as_runs`, :func:`epochs`, :func:`select_splits`, :func:`split_values` and
+  :func:`across_runs` — the estimates with a ``run`` dimension, the epoch of every step, the
+  values of one split and their mean and spread across runs;
 - :func:`moving_average` / :func:`smooth` — a centred moving average over captured steps;
 - :func:`phase_summary` and :func:`compression_table` — per run and layer, the rise of a smoothed
   curve from step 0 to its peak (fitting) and the drop from the peak to the final value
@@ -10,24 +15,31 @@ or stacked on ``run``) and on training metrics:
   compares two such summaries run by run (train against test probe);
 - :func:`best_step` and :func:`early_stopping` — the step of best smoothed test accuracy;
 - :func:`compression_onset` — the step of the peak of smoothed I(X;T) of the last hidden layers;
-- :func:`data_processing_summary` — the share of (run, step, layer pair) points obeying the
-  data-processing order, pooled over the pairs of :func:`infoplane.report.plots.data_processing_share`;
+- :func:`data_processing_share` — per pair of consecutive layers, the share of points at which
+  the deeper layer carries no more information; :func:`data_processing_table` lays it out as
+  a table and :func:`data_processing_summary` pools it over the pairs;
 - :func:`saturation` — entropies as a fraction of their ceiling log2 N.
 
 Smoothing is over the index of the captured steps, not over iterations: capture schedules are
 often denser early in training, and a window in captures keeps the same number of points in
 every average. The peak of a curve is taken after smoothing, so that one noisy capture does not
 make a peak.
+
+Nothing here draws: :mod:`infoplane.report.plots` draws from these functions, never the other
+way round, and this module imports no matplotlib.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from infoplane.errors import InputError
+from infoplane.errors import InputError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -35,18 +47,27 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "accuracy_from_probs",
+    "across_runs",
+    "as_runs",
     "best_step",
     "compression_onset",
     "compression_table",
+    "data_processing_share",
     "data_processing_summary",
+    "data_processing_table",
     "early_stopping",
+    "epochs",
     "hidden_layers",
+    "load_metrics",
     "metrics_array",
     "moving_average",
     "paired_difference",
     "phase_summary",
+    "require_variables",
     "saturation",
+    "select_splits",
     "smooth",
+    "split_values",
 ]
 
 
@@ -101,20 +122,73 @@ def smooth(data: xr.DataArray, window: int, *, dim: str = "step") -> xr.DataArra
     return data.copy(data=values)
 
 
-def _as_runs(mi: xr.Dataset) -> xr.Dataset:
-    from infoplane.report.plots import as_runs
+def as_runs(mi: xr.Dataset) -> xr.Dataset:
+    """The estimates with a leading ``run`` dimension (a single run's file gets ``run=[name]``)."""
+    if "run" in mi.dims:
+        return mi
+    name = str(mi.attrs.get("run", "run"))
+    return mi.expand_dims(run=[name])
 
-    return as_runs(mi)
 
+def epochs(data: xr.Dataset | xr.DataArray) -> np.ndarray:
+    """Epoch of every step, as float64: the ``epoch`` coordinate (or variable), else the step.
 
-def _epoch_of(data: xr.Dataset | xr.DataArray) -> np.ndarray:
-    """Epoch of every step: the ``epoch`` coordinate, else the step itself."""
+    Where ``epoch`` varies by run (runs that disagree or miss steps) the mean over runs is taken.
+    """
     if "epoch" in data.coords:
+        epoch = data.coords["epoch"]
+    elif "epoch" in getattr(data, "data_vars", ()):
         epoch = data["epoch"]
-        if "run" in epoch.dims:
-            epoch = epoch.mean("run", skipna=True)
-        return np.asarray(epoch.values, dtype=np.float64)
-    return np.asarray(data["step"].values, dtype=np.float64)
+    else:
+        return np.asarray(data["step"].values, dtype=np.float64)
+    if "run" in epoch.dims:
+        epoch = epoch.mean("run", skipna=True)
+    return np.asarray(epoch.values, dtype=np.float64)
+
+
+def require_variables(mi: xr.Dataset, names: Sequence[str]) -> None:
+    """Raise :class:`StoreError` unless the estimates hold every variable in ``names``."""
+    missing = [n for n in names if n not in mi.variables]
+    if missing:
+        raise StoreError(
+            f"estimates lack variable(s) {', '.join(missing)}; expected an mi/<preset>.zarr "
+            "written by `infoplane estimate` or `infoplane stack`"
+        )
+
+
+def select_splits(mi: xr.Dataset, splits: Sequence[str] | None = None) -> list[str]:
+    """The names of ``splits`` (default: every split of the estimates), each checked present."""
+    present = [str(s) for s in mi["split"].values]
+    if splits is None:
+        return present
+    missing = [s for s in splits if s not in present]
+    if missing:
+        raise InputError(
+            f"split(s) {', '.join(missing)} not in the estimates (splits: {', '.join(present)})"
+        )
+    return list(splits)
+
+
+def split_values(mi: xr.Dataset, var: str, split: str) -> np.ndarray:
+    """Values of ``var`` on one split as float, on (run, step, layer) or (run, step)."""
+    da = mi[var].sel(split=split)
+    order = [d for d in ("run", "step", "layer") if d in da.dims]
+    return np.asarray(da.transpose(*order).values, dtype=float)
+
+
+def across_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard deviation (ddof 0) and count of the finite values along axis 0 (runs).
+
+    NaN entries are left out; where a point has no finite value, mean and std are NaN.
+    """
+    data = np.asarray(values, dtype=float)
+    finite = np.isfinite(data)
+    count = finite.sum(axis=0)
+    safe = np.maximum(count, 1)
+    mean = np.where(count > 0, np.where(finite, data, 0.0).sum(axis=0) / safe, np.nan)
+    dev = np.where(finite, data - np.where(np.isfinite(mean), mean, 0.0), 0.0)
+    std = np.where(count > 0, np.sqrt((dev**2).sum(axis=0) / safe), np.nan)
+    return mean, std, count
 
 
 def hidden_layers(mi: xr.Dataset, *, last: int | None = None) -> list[str]:
@@ -150,7 +224,7 @@ def phase_summary(
     """
     import xarray as xr
 
-    mi = _as_runs(mi)
+    mi = as_runs(mi)
     if var not in mi:
         raise InputError(f"estimates have no variable {var!r} (variables: {list(mi.data_vars)})")
     if split not in [str(s) for s in mi["split"].values]:
@@ -160,7 +234,7 @@ def phase_summary(
     curve = smooth(mi[var].sel(split=split), window).transpose("run", "layer", "step")
     values = curve.values
     steps = np.asarray(mi["step"].values)
-    epochs = _epoch_of(mi)
+    epoch = epochs(mi)
     valid = np.isfinite(values)
     any_valid = valid.any(axis=-1)
     filled = np.where(valid, values, -np.inf)
@@ -173,7 +247,7 @@ def phase_summary(
         for index in (peak_index, first_index, last_index)
     )
     peak_step = np.where(any_valid, steps[peak_index], -1)
-    peak_epoch = np.where(any_valid, epochs[peak_index], np.nan)
+    peak_epoch = np.where(any_valid, epoch[peak_index], np.nan)
     dims = ("run", "layer")
     return xr.Dataset(
         {
@@ -305,17 +379,76 @@ def best_step(data: xr.DataArray, *, window: int = 1, dim: str = "step") -> xr.D
     return smoothed.isel({dim: 0}, drop=True).transpose(*other).copy(data=best)
 
 
+def load_metrics(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Training metrics of several runs as one long table.
+
+    Each file is a run's ``metrics.csv``; the run is named by its folder (``seed0``). Columns
+    ``<split>_<metric>`` (e.g. ``train_loss``, ``test_accuracy``) and a long layout with a
+    ``split`` column are both read.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``run``, ``epoch``, ``split``, ``metric``, ``value``.
+    """
+    import pandas as pd
+
+    frames = []
+    for path in paths:
+        path = Path(path)
+        try:
+            table = pd.read_csv(path)
+        except FileNotFoundError:
+            raise InputError(f"metrics file {path} does not exist") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise InputError(f"metrics file {path} is not a readable CSV table: {exc}") from None
+        frames.append(_long_metrics(table, run=path.parent.name, source=str(path)))
+    if not frames:
+        raise InputError("no metrics files given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _long_metrics(table: pd.DataFrame, *, run: str, source: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if "epoch" not in table.columns:
+        raise InputError(f"metrics file {source} has no 'epoch' column (columns: {list(table)})")
+    if "split" in table.columns:
+        value_cols = [c for c in ("loss", "accuracy") if c in table.columns]
+        long = table.melt(
+            id_vars=["epoch", "split"], value_vars=value_cols, var_name="metric", value_name="value"
+        )
+    else:
+        records = []
+        for column in table.columns:
+            split, _, metric = str(column).partition("_")
+            if split in ("train", "test") and metric in ("loss", "accuracy"):
+                part = pd.DataFrame(
+                    {"epoch": table["epoch"], "split": split, "metric": metric}
+                ).assign(value=table[column].to_numpy())
+                records.append(part)
+        if not records:
+            raise InputError(
+                f"metrics file {source} has no loss/accuracy columns; expected e.g. "
+                f"train_loss, test_accuracy (columns: {list(table)})"
+            )
+        long = pd.concat(records, ignore_index=True)
+    long = long.dropna(subset=["value"])
+    long.insert(0, "run", run)
+    return long[["run", "epoch", "split", "metric", "value"]]
+
+
 def metrics_array(
     table: pd.DataFrame, *, split: str = "test", metric: str = "accuracy"
 ) -> xr.DataArray:
-    """A metric of :func:`infoplane.report.plots.load_metrics` as a DataArray on (``run``, ``epoch``)."""
+    """A metric of :func:`load_metrics`' table as a DataArray on (``run``, ``epoch``)."""
     import xarray as xr
 
     needed = {"run", "epoch", "split", "metric", "value"}
     if not needed <= set(table.columns):
         raise InputError(
             f"metrics table needs columns {sorted(needed)}, got {list(table.columns)}; "
-            "read metrics.csv files with infoplane.report.plots.load_metrics"
+            "read metrics.csv files with infoplane.report.analysis.load_metrics"
         )
     rows = table[(table["split"] == split) & (table["metric"] == metric)]
     if rows.empty:
@@ -372,7 +505,7 @@ def compression_onset(
     """
     import xarray as xr
 
-    mi = _as_runs(mi)
+    mi = as_runs(mi)
     chosen = list(layers) if layers is not None else hidden_layers(mi, last=2)
     known = [str(v) for v in mi["layer"].values]
     unknown = [name for name in chosen if name not in known]
@@ -398,11 +531,68 @@ def compression_onset(
     )
 
 
+def data_processing_share(mi: xr.Dataset, *, tol: float = 1e-6) -> xr.Dataset:
+    """Share of points at which a deeper layer carries no more information than the one before.
+
+    For every pair of consecutive layers (T_l, T_l+1) in recorded order and every (run, step),
+    the point obeys the data-processing inequality for I(X;T) when
+    I(X;T_l+1) <= I(X;T_l) + ``tol``, and likewise for I(T;Y). Points where either value is NaN
+    are left out. The last ``pair``, ``chain``, counts points at which every pair obeys it.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``I_XT`` and ``I_TY`` (shares in [0, 1], NaN where no point counts) and ``n_XT``,
+        ``n_TY`` (points counted), on (``split``, ``pair``).
+    """
+    import xarray as xr
+
+    require_variables(mi, ["I_XT", "I_TY"])
+    mi = as_runs(mi)
+    layers = [str(v) for v in mi["layer"].values]
+    pairs = [f"{a} → {b}" for a, b in itertools.pairwise(layers)] + ["chain"]
+    splits = [str(s) for s in mi["split"].values]
+    out: dict[str, tuple] = {}
+    for var in ("I_XT", "I_TY"):
+        shares = np.full((len(splits), len(pairs)), np.nan)
+        counts = np.zeros((len(splits), len(pairs)), dtype=np.int64)
+        for i, split in enumerate(splits):
+            data = mi[var].sel(split=split).transpose("run", "step", "layer").values
+            shallow, deep = data[..., :-1], data[..., 1:]
+            valid = np.isfinite(shallow) & np.isfinite(deep)
+            with np.errstate(invalid="ignore"):
+                obeys = valid & (deep <= shallow + tol)
+            counts[i, :-1] = valid.sum(axis=(0, 1))
+            good = obeys.sum(axis=(0, 1))
+            chain_valid = valid.all(axis=-1) if len(layers) > 1 else np.zeros(data.shape[:2], bool)
+            counts[i, -1] = chain_valid.sum()
+            chain_good = (obeys.all(axis=-1) & chain_valid).sum()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shares[i, :-1] = np.where(counts[i, :-1] > 0, good / counts[i, :-1], np.nan)
+                shares[i, -1] = chain_good / counts[i, -1] if counts[i, -1] else np.nan
+        out[var] = (("split", "pair"), shares)
+        out[f"n_{var[2:]}"] = (("split", "pair"), counts)
+    return xr.Dataset(
+        out,
+        coords={"split": splits, "pair": pairs},
+        attrs={"tol_bits": tol, "layers": layers},
+    )
+
+
+def data_processing_table(shares: xr.Dataset) -> pd.DataFrame:
+    """:func:`data_processing_share` as a table: one row per (split, pair).
+
+    Columns ``split``, ``pair``, ``I_XT``, ``I_TY``, ``n_XT``, ``n_TY``.
+    """
+    table = shares.to_dataframe().reset_index()
+    return table[["split", "pair", "I_XT", "I_TY", "n_XT", "n_TY"]]
+
+
 def data_processing_summary(mi: xr.Dataset, *, tol: float = 1e-6) -> pd.DataFrame:
     """Share of (run, step, layer pair) points obeying the data-processing order, per split.
 
-    Uses :func:`infoplane.report.plots.data_processing_share` for the per-pair shares and pools them
-    over the consecutive pairs (``chain`` left out), weighting each pair by its points.
+    Uses :func:`data_processing_share` for the per-pair shares and pools them over the
+    consecutive pairs (``chain`` left out), weighting each pair by its points.
 
     Returns
     -------
@@ -412,8 +602,6 @@ def data_processing_summary(mi: xr.Dataset, *, tol: float = 1e-6) -> pd.DataFram
         of layers is ordered).
     """
     import pandas as pd
-
-    from infoplane.report.plots import data_processing_share
 
     shares = data_processing_share(mi, tol=tol)
     pairs = [p for p in shares["pair"].values if str(p) != "chain"]
@@ -434,7 +622,7 @@ def data_processing_summary(mi: xr.Dataset, *, tol: float = 1e-6) -> pd.DataFram
 
 def saturation(mi: xr.Dataset, *, var: str = "H_T") -> xr.DataArray:
     """An entropy as a fraction of its ceiling ``log2 N`` (N the probe size of each split)."""
-    mi = _as_runs(mi)
+    mi = as_runs(mi)
     if var not in mi:
         raise InputError(f"estimates have no variable {var!r}")
     if "n_samples" not in mi:

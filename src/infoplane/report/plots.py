@@ -9,20 +9,36 @@ per-run lines and ±1 standard-deviation error bars (information plane) or bands
 Inputs follow the "Estimates" contract: an :class:`xarray.Dataset` with ``I_XT``, ``I_TY`` and
 ``sigma`` on (``split``, ``step``, ``layer``), ``H_X``, ``H_Y`` and ``sigma_x`` on (``split``,
 ``step``), a coordinate ``epoch`` on ``step`` and, for an experiment, a ``run`` dimension in
-front. A single run's file (no ``run`` dimension) is treated as one run.
+front. A single run's file (no ``run`` dimension) is treated as one run. Files are read with
+:func:`infoplane.io.results.open_result`.
+
+This module only draws: what the figures show (runs, epochs, means and spreads across runs,
+data-processing shares, training metrics) is computed by :mod:`infoplane.report.analysis`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infoplane.errors import InputError, StoreError
+from infoplane.errors import InputError
+from infoplane.io.files import replacing
+from infoplane.io.results import open_result
+from infoplane.report.analysis import (
+    across_runs,
+    as_runs,
+    data_processing_share,
+    data_processing_table,
+    epochs,
+    load_metrics,
+    require_variables,
+    select_splits,
+    split_values,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -81,147 +97,6 @@ _METADATA = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Data helpers
-
-
-def as_runs(mi: xr.Dataset) -> xr.Dataset:
-    """The estimates with a leading ``run`` dimension (a single run's file gets ``run=[name]``)."""
-    if "run" in mi.dims:
-        return mi
-    name = str(mi.attrs.get("run", "run"))
-    return mi.expand_dims(run=[name])
-
-
-def epochs(mi: xr.Dataset) -> np.ndarray:
-    """Epoch of every step (the mean over runs where runs disagree or miss steps)."""
-    import numpy as np
-
-    if "epoch" not in mi.coords and "epoch" not in mi:
-        return np.asarray(mi["step"].values, dtype=float)
-    epoch = mi["epoch"]
-    if "run" in epoch.dims:
-        epoch = epoch.mean("run", skipna=True)
-    return np.asarray(epoch.values, dtype=float)
-
-
-def _require(mi: xr.Dataset, names: Sequence[str]) -> None:
-    missing = [n for n in names if n not in mi.variables]
-    if missing:
-        raise StoreError(
-            f"estimates lack variable(s) {', '.join(missing)}; expected an mi/<preset>.zarr "
-            "written by `infoplane estimate` or `infoplane stack`"
-        )
-
-
-def data_processing_share(mi: xr.Dataset, *, tol: float = 1e-6) -> xr.Dataset:
-    """Share of points at which a deeper layer carries no more information than the one before.
-
-    For every pair of consecutive layers (T_l, T_l+1) in recorded order and every (run, step),
-    the point obeys the data-processing inequality for I(X;T) when
-    I(X;T_l+1) <= I(X;T_l) + ``tol``, and likewise for I(T;Y). Points where either value is NaN
-    are left out. The last ``pair``, ``chain``, counts points at which every pair obeys it.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``I_XT`` and ``I_TY`` (shares in [0, 1], NaN where no point counts) and ``n_XT``,
-        ``n_TY`` (points counted), on (``split``, ``pair``).
-    """
-    import numpy as np
-    import xarray as xr
-
-    _require(mi, ["I_XT", "I_TY"])
-    mi = as_runs(mi)
-    layers = [str(v) for v in mi["layer"].values]
-    pairs = [f"{a} → {b}" for a, b in itertools.pairwise(layers)] + ["chain"]
-    splits = [str(s) for s in mi["split"].values]
-    out: dict[str, tuple] = {}
-    for var in ("I_XT", "I_TY"):
-        shares = np.full((len(splits), len(pairs)), np.nan)
-        counts = np.zeros((len(splits), len(pairs)), dtype=np.int64)
-        for i, split in enumerate(splits):
-            data = mi[var].sel(split=split).transpose("run", "step", "layer").values
-            shallow, deep = data[..., :-1], data[..., 1:]
-            valid = np.isfinite(shallow) & np.isfinite(deep)
-            with np.errstate(invalid="ignore"):
-                obeys = valid & (deep <= shallow + tol)
-            counts[i, :-1] = valid.sum(axis=(0, 1))
-            good = obeys.sum(axis=(0, 1))
-            chain_valid = valid.all(axis=-1) if len(layers) > 1 else np.zeros(data.shape[:2], bool)
-            counts[i, -1] = chain_valid.sum()
-            chain_good = (obeys.all(axis=-1) & chain_valid).sum()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                shares[i, :-1] = np.where(counts[i, :-1] > 0, good / counts[i, :-1], np.nan)
-                shares[i, -1] = chain_good / counts[i, -1] if counts[i, -1] else np.nan
-        out[var] = (("split", "pair"), shares)
-        out[f"n_{var[2:]}"] = (("split", "pair"), counts)
-    return xr.Dataset(
-        out,
-        coords={"split": splits, "pair": pairs},
-        attrs={"tol_bits": tol, "layers": layers},
-    )
-
-
-def load_metrics(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Training metrics of several runs as one long table.
-
-    Each file is a run's ``metrics.csv``; the run is named by its folder (``seed0``). Columns
-    ``<split>_<metric>`` (e.g. ``train_loss``, ``test_accuracy``) and a long layout with a
-    ``split`` column are both read.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``run``, ``epoch``, ``split``, ``metric``, ``value``.
-    """
-    import pandas as pd
-
-    frames = []
-    for path in paths:
-        path = Path(path)
-        try:
-            table = pd.read_csv(path)
-        except FileNotFoundError:
-            raise InputError(f"metrics file {path} does not exist") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise InputError(f"metrics file {path} is not a readable CSV table: {exc}") from None
-        frames.append(_long_metrics(table, run=path.parent.name, source=str(path)))
-    if not frames:
-        raise InputError("no metrics files given")
-    return pd.concat(frames, ignore_index=True)
-
-
-def _long_metrics(table: pd.DataFrame, *, run: str, source: str) -> pd.DataFrame:
-    import pandas as pd
-
-    if "epoch" not in table.columns:
-        raise InputError(f"metrics file {source} has no 'epoch' column (columns: {list(table)})")
-    if "split" in table.columns:
-        value_cols = [c for c in ("loss", "accuracy") if c in table.columns]
-        long = table.melt(
-            id_vars=["epoch", "split"], value_vars=value_cols, var_name="metric", value_name="value"
-        )
-    else:
-        records = []
-        for column in table.columns:
-            split, _, metric = str(column).partition("_")
-            if split in ("train", "test") and metric in ("loss", "accuracy"):
-                part = pd.DataFrame(
-                    {"epoch": table["epoch"], "split": split, "metric": metric}
-                ).assign(value=table[column].to_numpy())
-                records.append(part)
-        if not records:
-            raise InputError(
-                f"metrics file {source} has no loss/accuracy columns; expected e.g. "
-                f"train_loss, test_accuracy (columns: {list(table)})"
-            )
-        long = pd.concat(records, ignore_index=True)
-    long = long.dropna(subset=["value"])
-    long.insert(0, "run", run)
-    return long[["run", "epoch", "split", "metric", "value"]]
-
-
-# ---------------------------------------------------------------------------------------------
 # Figure helpers
 
 
@@ -240,14 +115,14 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` with deterministic metadata; the format follows the suffix (png, pdf, svg)."""
+    """Write ``fig`` with deterministic metadata; the format follows the suffix (png, pdf, svg).
+
+    The file is drawn under a scratch name and moved into place once complete.
+    """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with _style():
+    with replacing(path) as tmp, _style():
         fig.savefig(tmp, format=fmt, metadata=_METADATA.get(fmt))
-    os.replace(tmp, path)
     return path
 
 
@@ -301,8 +176,8 @@ def _trajectory(
         for xr_, yr_ in zip(x, y, strict=True):
             ok = np.isfinite(xr_) & np.isfinite(yr_)
             ax.plot(xr_[ok], yr_[ok], color="0.55", lw=0.5, alpha=0.45, zorder=1)
-    xm, xs, _ = _summary(x)
-    ym, ys, _ = _summary(y)
+    xm, xs, _ = across_runs(x)
+    ym, ys, _ = across_runs(y)
     ok = np.isfinite(xm) & np.isfinite(ym)
     xm, ym, xs, ys, ep = xm[ok], ym[ok], xs[ok], ys[ok], epoch[ok]
     if xm.size == 0:
@@ -362,19 +237,6 @@ def _min_span(ax: Axes, bits: float = MIN_SPAN_BITS) -> None:
     ax.ticklabel_format(axis="both", style="plain", useOffset=False)
 
 
-def _summary(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import numpy as np
-
-    data = np.asarray(values, dtype=float)
-    finite = np.isfinite(data)
-    count = finite.sum(axis=0)
-    safe = np.maximum(count, 1)
-    mean = np.where(count > 0, np.where(finite, data, 0.0).sum(axis=0) / safe, np.nan)
-    dev = np.where(finite, data - np.where(np.isfinite(mean), mean, 0.0), 0.0)
-    std = np.where(count > 0, np.sqrt((dev**2).sum(axis=0) / safe), np.nan)
-    return mean, std, count
-
-
 def _plain_log_axis(ax: Axes) -> None:
     """Log-scaled y axis with tick labels written as plain numbers (0.5, 2, 30)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
@@ -401,15 +263,6 @@ def _ip_labels(ax: Axes, *, xlabel: bool = True, ylabel: bool = True) -> None:
         ax.set_ylabel(BITS_TY)
 
 
-def _split_values(mi: xr.Dataset, var: str, split: str) -> np.ndarray:
-    """(run, step, layer) or (run, step) values of one split."""
-    import numpy as np
-
-    da = mi[var].sel(split=split)
-    order = [d for d in ("run", "step", "layer") if d in da.dims]
-    return np.asarray(da.transpose(*order).values, dtype=float)
-
-
 def _layer_marker(k: int) -> tuple[str, bool]:
     """Marker of layer ``k`` and whether it is filled (hollow markers after the first cycle)."""
     return _MARKERS[k % len(_MARKERS)], (k // len(_MARKERS)) % 2 == 0
@@ -424,8 +277,8 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
     from matplotlib.lines import Line2D
 
     layers = [str(v) for v in mi["layer"].values]
-    ixt = _split_values(mi, "I_XT", split)
-    ity = _split_values(mi, "I_TY", split)
+    ixt = split_values(mi, "I_XT", split)
+    ity = split_values(mi, "I_TY", split)
     handles = []
     for k, layer in enumerate(layers):
         marker, filled = _layer_marker(k)
@@ -453,7 +306,7 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
             )
         )
     if "H_Y" in mi:
-        h_y = _summary(_split_values(mi, "H_Y", split))[0]
+        h_y = across_runs(split_values(mi, "H_Y", split))[0]
         if np.isfinite(h_y).any():
             ax.axhline(float(np.nanmean(h_y)), color="0.3", lw=0.8, ls="--", zorder=0)
             handles.append(Line2D([], [], color="0.3", lw=0.8, ls="--", label="H(Y)"))
@@ -482,9 +335,9 @@ def _layer_legend(fig: Figure, ax: Axes, handles: list) -> None:
 
 def information_plane_overview(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
     """All layers in one information plane per split, splits side by side, epoch as colour."""
-    _require(mi, ["I_XT", "I_TY"])
+    require_variables(mi, ["I_XT", "I_TY"])
     mi = as_runs(mi)
-    splits = _splits(mi, splits)
+    splits = select_splits(mi, splits)
     epoch = epochs(mi)
     norm = _epoch_norm(epoch)
     with _style():
@@ -505,7 +358,7 @@ def information_plane_overview(mi: xr.Dataset, *, splits: Sequence[str] | None =
 
 def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
     """One panel per layer (mean ± spread over runs) and an overview panel, for one split."""
-    _require(mi, ["I_XT", "I_TY"])
+    require_variables(mi, ["I_XT", "I_TY"])
     mi = as_runs(mi)
     if split not in [str(s) for s in mi["split"].values]:
         raise InputError(
@@ -518,8 +371,8 @@ def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
     panels = len(layers) + 1
     ncols = min(5, math.ceil(math.sqrt(panels)))
     nrows = math.ceil(panels / ncols)
-    ixt = _split_values(mi, "I_XT", split)
-    ity = _split_values(mi, "I_TY", split)
+    ixt = split_values(mi, "I_XT", split)
+    ity = split_values(mi, "I_TY", split)
     with _style():
         fig = _new_figure(3.0 * ncols + 0.9, 2.7 * nrows + 0.5)
         grid = fig.subplots(nrows, ncols, squeeze=False)
@@ -547,9 +400,9 @@ def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> F
     import numpy as np
     from matplotlib.lines import Line2D
 
-    _require(mi, ["I_XT", "I_TY"])
+    require_variables(mi, ["I_XT", "I_TY"])
     mi = as_runs(mi)
-    splits = _splits(mi, splits)
+    splits = select_splits(mi, splits)
     layers = [str(v) for v in mi["layer"].values]
     colors = _layer_colors(len(layers))
     epoch = epochs(mi)
@@ -561,11 +414,11 @@ def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> F
         for col, split in enumerate(splits):
             for row, (var, label, bound) in enumerate(rows):
                 ax = axes[row, col]
-                values = _split_values(mi, var, split)
+                values = split_values(mi, var, split)
                 for k, color in enumerate(colors):
                     _band(ax, epoch[order], values[:, order, k], color)
                 if bound in mi:
-                    mean = _summary(_split_values(mi, bound, split))[0][order]
+                    mean = across_runs(split_values(mi, bound, split))[0][order]
                     ax.plot(epoch[order], mean, color="0.2", lw=0.9, ls="--", zorder=5)
                 ax.set_ylabel(label)
                 if row == 0:
@@ -586,7 +439,7 @@ def _band(ax: Axes, x: np.ndarray, runs: np.ndarray, color, *, label: str | None
     """Mean line and ±1 std band of ``runs`` (run, point) against ``x``."""
     import numpy as np
 
-    mean, std, _ = _summary(runs)
+    mean, std, _ = across_runs(runs)
     ok = np.isfinite(mean)
     ax.plot(x[ok], mean[ok], color=color, lw=1.3, label=label, zorder=3)
     if runs.shape[0] > 1:
@@ -603,9 +456,9 @@ def widths_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Fig
     import numpy as np
     from matplotlib.lines import Line2D
 
-    _require(mi, ["sigma"])
+    require_variables(mi, ["sigma"])
     mi = as_runs(mi)
-    splits = _splits(mi, splits)
+    splits = select_splits(mi, splits)
     layers = [str(v) for v in mi["layer"].values]
     colors = _layer_colors(len(layers))
     epoch = epochs(mi)
@@ -615,20 +468,20 @@ def widths_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Fig
         fig = _new_figure(3.9 * len(splits) + 1.6, 3.6)
         axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
         for ax, split in zip(axes, splits, strict=True):
-            sigma = _split_values(mi, "sigma", split)
+            sigma = split_values(mi, "sigma", split)
             for k, color in enumerate(colors):
                 _band(ax, epoch[order], sigma[:, order, k], color)
                 if "boundary_hit" in mi:
-                    hit = _split_values(mi, "boundary_hit", split)[:, order, k]
+                    hit = split_values(mi, "boundary_hit", split)[:, order, k]
                     hit = np.nan_to_num(hit, nan=0.0).astype(bool).any(axis=0)
                     if hit.any():
                         hits_any = True
-                        mean = _summary(sigma[:, order, k])[0]
+                        mean = across_runs(sigma[:, order, k])[0]
                         ax.scatter(
                             epoch[order][hit], mean[hit], marker="x", s=16, color=color, zorder=6
                         )
             if "sigma_x" in mi:
-                sx = _summary(_split_values(mi, "sigma_x", split))[0][order]
+                sx = across_runs(split_values(mi, "sigma_x", split))[0][order]
                 ax.plot(epoch[order], sx, color="0.2", lw=0.9, ls="--", zorder=5)
             _plain_log_axis(ax)
             ax.set_xlabel("epoch")
@@ -732,34 +585,8 @@ def training_figure(metrics: pd.DataFrame, *, title: str | None = None) -> Figur
     return fig
 
 
-def _splits(mi: xr.Dataset, splits: Sequence[str] | None) -> list[str]:
-    present = [str(s) for s in mi["split"].values]
-    if splits is None:
-        return present
-    missing = [s for s in splits if s not in present]
-    if missing:
-        raise InputError(
-            f"split(s) {', '.join(missing)} not in the estimates (splits: {', '.join(present)})"
-        )
-    return list(splits)
-
-
 # ---------------------------------------------------------------------------------------------
 # Batch entry points (used by `infoplane plot`)
-
-
-def open_estimates(path: str | os.PathLike) -> xr.Dataset:
-    """Open an ``mi/<preset>.zarr`` (one run or stacked runs) and load it into memory."""
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"estimates {path} do not exist; run `infoplane estimate` first")
-    try:
-        with xr.open_zarr(path, consolidated=None) as ds:
-            return ds.load()
-    except (OSError, ValueError, KeyError) as exc:
-        raise StoreError(f"cannot read estimates {path}: {exc}") from None
 
 
 def plot_estimates(
@@ -771,7 +598,7 @@ def plot_estimates(
     the estimates raises :class:`InputError`.
     """
     if not hasattr(mi, "data_vars"):
-        mi = open_estimates(mi)
+        mi = open_result(mi)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shares = data_processing_share(mi, tol=tol)
@@ -786,10 +613,9 @@ def plot_estimates(
     written = []
     for name, make in figures.items():
         written.append(save_figure(make(), out_dir / name))
-    table = shares.to_dataframe().reset_index()
-    table = table[["split", "pair", "I_XT", "I_TY", "n_XT", "n_TY"]]
     table_path = out_dir / DATA_PROCESSING_TABLE
-    table.to_csv(table_path, index=False, float_format="%.6g")
+    with replacing(table_path) as tmp:
+        data_processing_table(shares).to_csv(tmp, index=False, float_format="%.6g")
     written.append(table_path)
     return written
 

@@ -180,7 +180,24 @@ def load_dataset(name: str, *, root: str | os.PathLike = "data", **options: Any)
             f"unknown option(s) {', '.join(map(repr, unknown))} for dataset {name!r}; "
             f"allowed: {', '.join(allowed)}"
         )
+    _check_option_types(name, root, options)
     return loader(root=root, **options)
+
+
+def _check_option_types(dataset: str, root: Any, options: Mapping[str, Any]) -> None:
+    """Type checks of the options several loaders share (paths, URL, seeds)."""
+    paths = {"root": root}
+    if options.get("path") is not None:
+        paths["path"] = options["path"]
+    for key, value in paths.items():
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{dataset}: {key} must be a path (a string), got {value!r}")
+    url = options.get("url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"{dataset}: url must be a string, got {url!r}")
+    for key in ("split_seed", "seed"):
+        if key in options:
+            _check_seed(options[key], f"{dataset}: {key}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,8 +495,9 @@ def load_synthetic(
     for key, value in (("train_size", train_size), ("test_size", test_size)):
         if not _is_int(value) or value < 1:
             raise ConfigError(f"synthetic: {key} must be a positive int, got {value!r}")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ConfigError(f"synthetic: noise must be a number >= 0, got {noise!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < np.inf:
+        raise ConfigError(f"synthetic: noise must be a finite number >= 0, got {noise!r}")
+    _check_seed(seed, "synthetic: seed")
     rng = np.random.default_rng(seed)
     dim = int(np.prod(shape))
     prototypes = rng.uniform(0.0, 1.0, size=(classes, dim)).astype(np.float32)
@@ -533,6 +551,7 @@ def stratified_split(
     train_idx, test_idx : np.ndarray
         Sorted, disjoint int64 index arrays.
     """
+    _check_seed(seed, "split seed")
     y = np.asarray(y)
     n = len(y)
     n_test = _count(test_size, n, "test_size")
@@ -610,6 +629,11 @@ def _split_record(test: Size, train: Size, seed: int) -> dict[str, Any]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_seed(seed: object, what: str) -> None:
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"{what} must be an int >= 0, got {seed!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,10 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
+# The model names, activations and per-model options are defined, torch-free, with the config
+# checks; re-exported here.
+from infoplane.config import ACTIVATIONS, MODEL_NAMES, MODEL_OPTIONS
 from infoplane.errors import ConfigError
 
-MODEL_NAMES = ("mlp", "paper_mlp", "paper_cnn", "vgg16", "ib_mlp")
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "leaky_relu")
 LEAKY_RELU_SLOPE = 0.01
 
 _VGG16_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -63,6 +64,11 @@ class LayeredNet(nn.Sequential):
         Names of the blocks whose outputs are the hidden layers, input side first.
     architecture, activation : str
         What was built, for ``repr`` and provenance.
+
+    Raises
+    ------
+    ConfigError
+        A name of ``hidden_layers`` is not one of ``blocks``.
     """
 
     def __init__(
@@ -76,7 +82,7 @@ class LayeredNet(nn.Sequential):
         super().__init__(blocks)
         missing = [name for name in hidden_layers if name not in blocks]
         if missing:
-            raise ValueError(f"hidden layers {missing} are not blocks of the network")
+            raise ConfigError(f"hidden layers {missing} are not blocks of the network")
         self.hidden_layers = tuple(hidden_layers)
         self.architecture = architecture
         self.activation_name = activation
@@ -108,6 +114,7 @@ def build_model(
     **options
         ``mlp``: ``hidden`` (widths, default ``[64, 32, 16]``), ``batch_norm`` (default False);
         ``paper_mlp``: ``batch_norm`` (default True); ``vgg16``: ``dropout`` (default 0.5).
+        Which model takes which option is :data:`infoplane.config.MODEL_OPTIONS`.
 
     Returns
     -------
@@ -127,7 +134,7 @@ def build_model(
         "vgg16": _build_vgg16,
         "ib_mlp": _build_ib_mlp,
     }
-    if name not in builders:
+    if name not in MODEL_NAMES:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if activation not in ACTIVATIONS:
         raise ConfigError(
@@ -136,12 +143,12 @@ def build_model(
     shape = _checked_shape(input_shape, name)
     if not _is_int(n_classes) or n_classes < 2:
         raise ConfigError(f"model {name!r}: n_classes must be an int >= 2, got {n_classes!r}")
-    allowed = {"mlp": {"hidden", "batch_norm"}, "paper_mlp": {"batch_norm"}, "vgg16": {"dropout"}}
-    unknown = sorted(set(options) - allowed.get(name, set()))
+    allowed = MODEL_OPTIONS[name]
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; allowed: "
-            f"{', '.join(sorted(allowed.get(name, set()))) or 'none'}"
+            f"{', '.join(sorted(allowed)) or 'none'}"
         )
     model = builders[name](shape, int(n_classes), activation, **options)
     init_weights(model, activation)

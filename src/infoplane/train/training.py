@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -50,6 +49,8 @@ import numpy as np
 
 from infoplane.config import resolve_experiment, seed_from_run
 from infoplane.errors import ConfigError, StoreError, TrainingError
+from infoplane.io.files import canonical_json, write_bytes_atomically
+from infoplane.io.store import SPLITS, StoreReader, create_store, open_writer
 from infoplane.train.schedule import capture_steps, epochs_of, iterations_per_epoch
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ ITERATIONS_FILE = "iterations.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 METRIC_COLUMNS = ("epoch", "step", "split", "loss", "accuracy")
-SPLITS = ("train", "test")
 # Full-split evaluation batch: large enough to be fast, small enough for VGG activations.
 EVAL_BATCH_SIZE = 500
 
@@ -308,15 +308,6 @@ def deterministic_torch(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[3]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fmt(value: float) -> str:
     # repr round-trips a float exactly, so equal runs give byte-identical files
     return repr(float(value))
@@ -329,7 +320,7 @@ def write_metrics(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writerow(METRIC_COLUMNS)
     for r in rows:
         writer.writerow([r["epoch"], r["step"], r["split"], _fmt(r["loss"]), _fmt(r["accuracy"])])
-    _atomic_write_bytes(path, buffer.getvalue().encode())
+    write_bytes_atomically(path, buffer.getvalue().encode())
 
 
 def write_iterations(path: Path, losses: Sequence[float], iterations_per_epoch: int) -> None:
@@ -339,7 +330,7 @@ def write_iterations(path: Path, losses: Sequence[float], iterations_per_epoch: 
     writer.writerow(("step", "epoch", "loss"))
     for i, loss in enumerate(losses, start=1):
         writer.writerow([i, _fmt(i / iterations_per_epoch), _fmt(loss)])
-    _atomic_write_bytes(path, buffer.getvalue().encode())
+    write_bytes_atomically(path, buffer.getvalue().encode())
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -359,7 +350,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def settings_key(settings: Mapping[str, Any]) -> str:
     """Canonical JSON text of settings, to tell whether a checkpoint belongs to them."""
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return canonical_json(settings)
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
@@ -368,7 +359,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
 
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -560,8 +551,6 @@ def _store_attrs(r: _Run) -> dict[str, Any]:
 
 
 def _create_store(r: _Run, path: Path):
-    from infoplane.io.store import create_store
-
     sample = _record(r, r.dataset.x_train[:2])
     layer_shapes = {name: tuple(a.shape[1:]) for name, a in sample.items()}
     return create_store(
@@ -579,11 +568,9 @@ def _create_store(r: _Run, path: Path):
 
 def _existing_store_matches(path: Path, r: _Run) -> bool:
     """Whether the store at ``path`` was started by this very run (same settings and name)."""
-    import zarr
-
     try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:  # unreadable: not ours to overwrite silently
+        attrs = StoreReader(path).attrs
+    except StoreError:  # unreadable: not ours to overwrite silently
         return False
     return (
         attrs.get("run") == r.run
@@ -639,8 +626,6 @@ def _epoch_rows(r: _Run, epoch: int, step: int) -> list[dict[str, Any]]:
 
 def _start(r: _Run, store: Path, checkpoint: Path, restart: bool):
     """Open or create the store; returns (writer, checkpoint state or None)."""
-    from infoplane.io.store import open_writer
-
     if restart:
         checkpoint.unlink(missing_ok=True)
         return _create_store(r, store), None

@@ -1,0 +1,263 @@
+"""The information plane of one (split, step) point, from its arrays: pure, numpy in and out.
+
+A point's inputs are the squared distances of its layers ``d2`` (L, N, N), of its inputs
+``d2_x`` (N, N), its labels ``y`` (N,) and the flags ``nonfinite`` (L,) / ``nonfinite_x`` (a
+layer's or the input's activations were NaN/Inf: no distances). :func:`search_step` returns the
+alignment argmax widths σ* of every layer; :func:`estimate_step` the widths, entropies, MI and
+diagnostics of every layer under an estimator preset (see :mod:`infoplane.presets`).
+
+A point that cannot be estimated (non-finite activations, a failed width search, an unusable
+Gram) is NaN, and the reason is returned in ``failures`` as ``(layer, reason)``: one bad layer
+costs only its own value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from infoplane.core.entropy import information_plane, renyi_entropy
+from infoplane.core.kernels import gaussian_gram, label_gram, multivariate_gram
+from infoplane.core.widths import alignment_width, select_width
+from infoplane.errors import InputError
+
+#: Per-layer outputs of :func:`estimate_step` (arrays (L,)).
+LAYER_KEYS = (
+    "I_XT",
+    "I_TY",
+    "H_T",
+    "H_XT",
+    "H_TY",
+    "sigma",
+    "sigma_star",
+    "clipped_mass",
+    "boundary_hit",
+)
+#: Per-point outputs of :func:`estimate_step` (floats).
+STEP_KEYS = ("H_X", "H_Y", "sigma_x")
+# the per-layer outputs of infoplane.core.entropy.information_plane
+_PLANE_KEYS = ("I_XT", "I_TY", "H_T", "H_XT", "H_TY", "clipped_mass")
+
+Failures = list[tuple[str, str]]
+
+
+def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int, gram_y: Any = None) -> Any:
+    """The width of a preset's width rule (a mapping such as ``{"rule": "fixed", "sigma": 8}``).
+
+    Binds the mapping's keys to :func:`infoplane.core.widths.select_width`, the one dispatcher
+    of the width rules; returns the width only.
+    """
+    sigma, _ = select_width(
+        d2,
+        rule["rule"],
+        sigma=rule.get("sigma"),
+        dim=dim,
+        gram_y=gram_y,
+        grid=rule.get("grid", "linear"),
+        points=rule.get("points", 100),
+    )
+    return sigma
+
+
+def search_step(
+    d2: np.ndarray,
+    y: np.ndarray,
+    nonfinite: np.ndarray,
+    layers: Sequence[str],
+    *,
+    grid: Any,
+    points: int,
+) -> dict[str, Any]:
+    """The alignment argmax σ* of every layer of one point.
+
+    Returns
+    -------
+    dict
+        ``sigma_star`` (L,), ``boundary_hit`` (L,) bool and ``failures``.
+    """
+    sigma = np.full(len(layers), np.nan)
+    hit = np.zeros(len(layers), dtype=bool)
+    failures: Failures = [(layers[i], "non-finite activations") for i in np.flatnonzero(nonfinite)]
+    finite = np.flatnonzero(~nonfinite)
+    gram_y = label_gram(y)
+    if finite.size:
+        try:  # one vectorised search over the stack of layers
+            sigma[finite], hit[finite] = alignment_width(
+                d2[finite], gram_y, grid=grid, points=points
+            )
+        except InputError:
+            for i in finite:  # isolate the failing layer(s)
+                try:
+                    sigma[i], hit[i] = select_width(
+                        d2[i], "alignment", gram_y=gram_y, grid=grid, points=points
+                    )
+                except InputError as exc:
+                    failures.append((layers[i], str(exc)))
+    return {"sigma_star": sigma, "boundary_hit": hit, "failures": failures}
+
+
+def _tensor_gram(
+    i: int,
+    d2: np.ndarray,
+    dim: int,
+    rule: Mapping[str, Any],
+    gram_y: np.ndarray,
+    sigma: np.ndarray | None,
+    out: dict[str, Any],
+) -> np.ndarray | None:
+    """Gram of layer ``i`` with the tensor kernel; fills its widths in ``out``."""
+    if sigma is not None:
+        out["sigma"][i] = sigma[i]
+    elif rule["rule"] == "alignment":
+        value, hit = select_width(
+            d2, "alignment", gram_y=gram_y, grid=rule["grid"], points=rule["points"]
+        )
+        out["sigma"][i] = out["sigma_star"][i] = value
+        out["boundary_hit"][i] = hit
+    else:
+        out["sigma"][i] = rule_width(rule, d2, dim)
+    if not np.isfinite(out["sigma"][i]):
+        return None
+    return gaussian_gram(d2, out["sigma"][i])
+
+
+def _multivariate_gram(i: int, d2c: np.ndarray, dim: int, rule: Mapping, out: dict) -> np.ndarray:
+    """Gram of layer ``i``: the Hadamard product of its per-channel Grams (Yu et al.)."""
+    # the rules take a stack of matrices: one width per channel in one call
+    widths = rule_width(rule, d2c, dim // d2c.shape[0])
+    sigmas = np.broadcast_to(np.asarray(widths, dtype=np.float64), d2c.shape[:1])
+    # the one shared width giving the same kernel when channels contribute equally
+    out["sigma"][i] = float(np.mean(sigmas**-2.0) ** -0.5)
+    return multivariate_gram(d2c, sigmas)
+
+
+def _layer_grams(
+    point: Mapping[str, np.ndarray],
+    preset: Mapping[str, Any],
+    layers: Sequence[str],
+    dims: Sequence[int],
+    gram_y: np.ndarray,
+    sigma: np.ndarray | None,
+    channel_d2: Callable[[int], np.ndarray] | None,
+    out: dict[str, Any],
+    failures: Failures,
+) -> dict[int, np.ndarray]:
+    """Gram matrix of every estimable layer; fills ``sigma``/``sigma_star``/``boundary_hit``."""
+    grams: dict[int, np.ndarray] = {}
+    for i, layer in enumerate(layers):
+        if point["nonfinite"][i]:
+            failures.append((layer, "non-finite activations"))
+            continue
+        try:
+            if preset["kernel"] == "multivariate":
+                if channel_d2 is None:
+                    raise InputError("the multivariate kernel needs per-channel distances")
+                gram = _multivariate_gram(i, channel_d2(i), dims[i], preset["channel_width"], out)
+            else:
+                rule = preset["layer_width"]
+                gram = _tensor_gram(i, point["d2"][i], dims[i], rule, gram_y, sigma, out)
+            if gram is None:
+                failures.append((layer, "no width (width search failed at this point)"))
+                continue
+            grams[i] = gram
+        except InputError as exc:
+            failures.append((layer, str(exc)))
+    return grams
+
+
+def _information_plane(
+    gram_x: np.ndarray,
+    grams: Mapping[int, np.ndarray],
+    gram_y: np.ndarray,
+    alpha: float,
+    layers: Sequence[str],
+    failures: Failures,
+) -> dict[Any, Any]:
+    """Per-layer results ``{layer index: {key: value}}`` plus ``H_X``/``H_Y`` when computed.
+
+    All layers go through one batched call; if it fails, layers are retried one at a time so a
+    single bad layer costs only its own point.
+    """
+    order = sorted(grams)
+    if not order:
+        return {}
+    try:
+        batches = [
+            (order, information_plane(gram_x, np.stack([grams[i] for i in order]), gram_y, alpha))
+        ]
+    except InputError:
+        batches = []
+        for i in order:
+            try:
+                batches.append(([i], information_plane(gram_x, grams[i][None], gram_y, alpha)))
+            except InputError as exc:
+                failures.append((layers[i], str(exc)))
+    plane: dict[Any, Any] = {}
+    for members, result in batches:
+        plane["H_X"], plane["H_Y"] = float(result["H_X"]), float(result["H_Y"])
+        for k, i in enumerate(members):
+            plane[i] = {key: float(np.asarray(result[key])[k]) for key in _PLANE_KEYS}
+    return plane
+
+
+def estimate_step(
+    point: Mapping[str, np.ndarray],
+    preset: Mapping[str, Any],
+    *,
+    layers: Sequence[str],
+    dims: Sequence[int],
+    dim_x: int,
+    sigma: np.ndarray | None = None,
+    channel_d2: Callable[[int], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Entropies, MI and diagnostics of every layer of one point under ``preset``.
+
+    Parameters
+    ----------
+    point
+        ``d2`` (L, N, N; not needed by the multivariate kernel), ``d2_x``, ``y``,
+        ``nonfinite`` and ``nonfinite_x`` (see the module docstring).
+    preset
+        A validated estimator preset.
+    layers, dims
+        Layer names and their features per sample; ``dim_x`` the input's.
+    sigma
+        (L,) layer widths to use (smoothed alignment widths); None computes them here.
+    channel_d2
+        ``i -> (C, N, N)`` per-channel squared distances of layer ``i``, for the multivariate
+        kernel (called once per layer, so a caller can read them lazily).
+
+    Returns
+    -------
+    dict
+        :data:`LAYER_KEYS` as (L,) arrays, :data:`STEP_KEYS` as floats, ``failures``.
+    """
+    out: dict[str, Any] = {name: np.full(len(layers), np.nan) for name in LAYER_KEYS}
+    out["boundary_hit"] = np.zeros(len(layers), dtype=bool)
+    failures: Failures = []
+    alpha = preset["alpha"]
+    gram_y = label_gram(point["y"])
+    out["H_X"] = out["sigma_x"] = np.nan
+    if bool(point["nonfinite_x"]):
+        out["H_Y"] = float(renyi_entropy(gram_y, alpha))
+        out["failures"] = [(layer, "non-finite network inputs") for layer in layers]
+        return out
+    out["sigma_x"] = rule_width(preset["input_width"], point["d2_x"], dim_x)
+    gram_x = gaussian_gram(point["d2_x"], out["sigma_x"])
+    grams = _layer_grams(
+        point, preset, layers, dims, gram_y, sigma, channel_d2, out, failures
+    )  # fmt: skip
+    plane = _information_plane(gram_x, grams, gram_y, alpha, layers, failures)
+    # H_X and H_Y from the same computation as the MI when there is one, so I = H + H - H holds
+    out["H_X"] = plane.pop("H_X", None)
+    out["H_Y"] = plane.pop("H_Y", None)
+    if out["H_X"] is None:
+        out["H_X"] = float(renyi_entropy(gram_x, alpha))
+        out["H_Y"] = float(renyi_entropy(gram_y, alpha))
+    for i, values in plane.items():
+        for key in _PLANE_KEYS:
+            out[key][i] = values[key]
+    out["failures"] = failures
+    return out
