@@ -189,10 +189,10 @@ def main() -> None:
 
         print()
         print("Blosc-zstd level (ReLU, float32): write time of one step and stored size")
-        default = store.BLOSC_LEVEL
+        default = store.layout.BLOSC_LEVEL
         try:
             for level in (1, 3, 5):  # level 9 is ~30x slower than 3 for ~10 % less space
-                store.BLOSC_LEVEL = level
+                store.layout.BLOSC_LEVEL = level
                 w = new_store(Path(tmp) / f"level{level}.zarr", acts, args.n, 1, "float32")
                 start = time.perf_counter()
                 w.write("train", 0, index=index, x=x_np, y=labels, activations=acts)
@@ -204,7 +204,7 @@ def main() -> None:
                     f"ratio {raw / stored:5.2f}{mark}"
                 )
         finally:
-            store.BLOSC_LEVEL = default
+            store.layout.BLOSC_LEVEL = default
 
 
 if __name__ == "__main__":
