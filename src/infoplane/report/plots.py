@@ -395,18 +395,29 @@ def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
     return fig
 
 
-def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
-    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs)."""
-    import numpy as np
-    from matplotlib.lines import Line2D
+def _per_layer_setup(
+    mi: xr.Dataset, splits: Sequence[str] | None, variables: Sequence[str]
+) -> tuple[xr.Dataset, list[str], list[str], list, np.ndarray, np.ndarray]:
+    """What every per-layer figure against epoch starts from.
 
-    require_variables(mi, ["I_XT", "I_TY"])
+    Returns the result on a ``run`` dimension, its splits, layer names, one colour per layer, the
+    epoch of every step and the step order by epoch.
+    """
+    import numpy as np
+
+    require_variables(mi, variables)
     mi = as_runs(mi)
-    splits = select_splits(mi, splits)
     layers = [str(v) for v in mi["layer"].values]
-    colors = _layer_colors(len(layers))
     epoch = epochs(mi)
     order = np.argsort(epoch, kind="stable")
+    return mi, select_splits(mi, splits), layers, _layer_colors(len(layers)), epoch, order
+
+
+def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
+    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs)."""
+    from matplotlib.lines import Line2D
+
+    mi, splits, layers, colors, epoch, order = _per_layer_setup(mi, splits, ["I_XT", "I_TY"])
     rows = (("I_XT", BITS_XT, "H_X"), ("I_TY", BITS_TY, "H_Y"))
     with _style():
         fig = _new_figure(3.9 * len(splits) + 1.6, 5.6)
@@ -456,13 +467,7 @@ def widths_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Fig
     import numpy as np
     from matplotlib.lines import Line2D
 
-    require_variables(mi, ["sigma"])
-    mi = as_runs(mi)
-    splits = select_splits(mi, splits)
-    layers = [str(v) for v in mi["layer"].values]
-    colors = _layer_colors(len(layers))
-    epoch = epochs(mi)
-    order = np.argsort(epoch, kind="stable")
+    mi, splits, layers, colors, epoch, order = _per_layer_setup(mi, splits, ["sigma"])
     hits_any = False
     with _style():
         fig = _new_figure(3.9 * len(splits) + 1.6, 3.6)
