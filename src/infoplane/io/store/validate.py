@@ -6,8 +6,8 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,27 +141,29 @@ def _layer_candidates(root: zarr.Group, splits: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_root(
-    root: zarr.Group, splits: Sequence[str], p: str, found: _Findings
-) -> list[str] | None:
-    """Root attributes; returns the layers, or None when they cannot be known."""
-    attrs = root.attrs.asdict()
-    group_attrs = {split: root[split].attrs.asdict() for split in splits}
+def _on_a_split(group_attrs: Mapping[str, Mapping], key: str) -> tuple[str, Any] | None:
+    """(split, value) of the first split group that holds root attribute ``key`` itself."""
+    return next(((s, a[key]) for s, a in group_attrs.items() if key in a), None)
 
-    def on_a_split(key: str) -> tuple[str, Any] | None:
-        return next(((s, a[key]) for s, a in group_attrs.items() if key in a), None)
 
-    def copy_hint(key: str) -> str:
-        there = on_a_split(key)
-        if there is None:
-            return ""
-        hint = _set_attr_hint(p, key, repr(there[1]))
-        return f"; split group {there[0]!r} has it, but readers take the root's: {hint}"
+def _copy_hint(group_attrs: Mapping[str, Mapping], p: str, key: str) -> str:
+    there = _on_a_split(group_attrs, key)
+    if there is None:
+        return ""
+    hint = _set_attr_hint(p, key, repr(there[1]))
+    return f"; split group {there[0]!r} has it, but readers take the root's: {hint}"
 
+
+def _check_schema_version(
+    attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping], p: str, found: _Findings
+) -> None:
     if "schema_version" not in attrs:
         found.error(
             "root attribute 'schema_version' is missing; set it"
-            + (copy_hint("schema_version") or ": " + _set_attr_hint(p, "schema_version", "1"))
+            + (
+                _copy_hint(group_attrs, p, "schema_version")
+                or ": " + _set_attr_hint(p, "schema_version", "1")
+            )
         )
     elif attrs["schema_version"] != SCHEMA_VERSION:
         found.error(
@@ -170,27 +172,42 @@ def _check_root(
             "(help(infoplane.io.store)) and set "
             + _set_attr_hint(p, "schema_version", str(SCHEMA_VERSION))
         )
-    absent = [key for key in REQUIRED_ATTRS if key not in attrs]
-    if absent:
-        named = ", ".join(repr(key) for key in absent)
-        values = ", ".join(
-            f"{key!r}: {repr(there[1]) if (there := on_a_split(key)) else _ATTR_EXAMPLES[key]}"
-            for key in absent
-        )
-        found.warn(
-            f"root attribute{'s' if len(absent) > 1 else ''} {named} "
-            f"{'are' if len(absent) > 1 else 'is'} missing; readers do not need them, but they "
-            "record how the activations were made and results carry them on as provenance: set "
-            f"them, e.g. zarr.open_group({p!r}, mode='r+').attrs.update({{{values}}})"
-        )
 
-    candidates = _layer_candidates(root, splits)
-    example = repr(candidates or ["<layer>", "..."])
+
+def _check_provenance(
+    attrs: Mapping[str, Any], group_attrs: Mapping[str, Mapping], p: str, found: _Findings
+) -> None:
+    absent = [key for key in REQUIRED_ATTRS if key not in attrs]
+    if not absent:
+        return
+    named = ", ".join(repr(key) for key in absent)
+    values = ", ".join(
+        f"{key!r}: "
+        + (repr(there[1]) if (there := _on_a_split(group_attrs, key)) else _ATTR_EXAMPLES[key])
+        for key in absent
+    )
+    found.warn(
+        f"root attribute{'s' if len(absent) > 1 else ''} {named} "
+        f"{'are' if len(absent) > 1 else 'is'} missing; readers do not need them, but they "
+        "record how the activations were made and results carry them on as provenance: set "
+        f"them, e.g. zarr.open_group({p!r}, mode='r+').attrs.update({{{values}}})"
+    )
+
+
+def _check_layers_attr(
+    attrs: Mapping[str, Any],
+    group_attrs: Mapping[str, Mapping],
+    candidates: Sequence[str],
+    p: str,
+    found: _Findings,
+) -> list[str] | None:
+    """The root attribute ``layers``; None when it cannot be used."""
+    example = repr(list(candidates) or ["<layer>", "..."])
     if "layers" not in attrs:
         found.error(
             "root attribute 'layers' is missing; readers find the layer variables by it: set it "
             "to the layer names, input side first"
-            + (copy_hint("layers") or ": " + _set_attr_hint(p, "layers", example))
+            + (_copy_hint(group_attrs, p, "layers") or ": " + _set_attr_hint(p, "layers", example))
         )
         return None
     layers = attrs["layers"]
@@ -219,6 +236,21 @@ def _check_root(
             "entries in layers"
         )
         return None
+    return [str(name) for name in layers]
+
+
+def _check_root(
+    root: zarr.Group, splits: Sequence[str], p: str, found: _Findings
+) -> list[str] | None:
+    """Root attributes; returns the layers, or None when they cannot be known."""
+    attrs = root.attrs.asdict()
+    group_attrs = {split: root[split].attrs.asdict() for split in splits}
+    _check_schema_version(attrs, group_attrs, p, found)
+    _check_provenance(attrs, group_attrs, p, found)
+    candidates = _layer_candidates(root, splits)
+    layers = _check_layers_attr(attrs, group_attrs, candidates, p, found)
+    if layers is None:
+        return None
     unlisted = [name for name in candidates if name not in layers]
     if unlisted:
         found.warn(
@@ -227,7 +259,7 @@ def _check_root(
             + _set_attr_hint(p, "layers", repr([*layers, *unlisted]))
             + " (input side first)"
         )
-    return [str(name) for name in layers]
+    return layers
 
 
 def _check_array(array: zarr.Array, name: str, spec: _Spec, where: str, found: _Findings) -> bool:
@@ -549,83 +581,108 @@ def _check_captured_chunks(
         )
         return
     steps = np.asarray(group["step"][:])
-    recapture = "recapture the step (open_writer(...).write) or restore the store from a copy"
     for name in ("index", "x", "y", *layers):
-        if name not in group.array_keys():
-            continue
-        array = group[name]
-        missing: dict[int, Path] = {}
-        broken: dict[int, str] = {}
-        nonfinite: dict[int, int] = {}
-        negative: dict[int, int] = {}
-        per_chunk = int(array.metadata.chunk_grid.chunk_shape[0])
-        present = []
-        for row in rows:
-            files = [f for f in chunk_files(array, path, int(row)) if not f.is_file()]
-            if files:
-                missing[int(row)] = files[0]
-            else:
-                present.append(int(row))
-        # read the rows of one step-chunk together: a chunk of several steps is decoded once
-        for block_rows in _step_blocks(present, per_chunk):
-            try:
-                values = np.asarray(array[block_rows[0] : block_rows[-1] + 1])
-            except Exception as exc:  # zarr raises several types for a damaged chunk
-                for row in block_rows:
-                    broken[row] = f"{type(exc).__name__}: {exc}"
-                continue
+        if name in group.array_keys():
+            scan = _scan_chunks(group[name], path, rows)
+            _report_chunks(scan, group[name], path, steps, f"split {split!r}, variable {name!r}",
+                           name, rewrite, found)  # fmt: skip
+
+
+@dataclass
+class _ChunkScan:
+    """What reading every captured row of one variable found, by row."""
+
+    missing: dict[int, Path] = field(default_factory=dict)  # the first missing chunk file
+    broken: dict[int, str] = field(default_factory=dict)  # the decode error
+    nonfinite: dict[int, int] = field(default_factory=dict)  # the first non-finite sample
+    negative: dict[int, int] = field(default_factory=dict)  # the smallest (negative) value
+
+
+def _scan_chunks(array: zarr.Array, path: Path, rows: np.ndarray) -> _ChunkScan:
+    """Check that every chunk of the rows exists, decodes and holds sane values."""
+    scan = _ChunkScan()
+    present = []
+    for row in rows:
+        files = [f for f in chunk_files(array, path, int(row)) if not f.is_file()]
+        if files:
+            scan.missing[int(row)] = files[0]
+        else:
+            present.append(int(row))
+    per_chunk = int(array.metadata.chunk_grid.chunk_shape[0])
+    # read the rows of one step-chunk together: a chunk of several steps is decoded once
+    for block_rows in _step_blocks(present, per_chunk):
+        try:
+            values = np.asarray(array[block_rows[0] : block_rows[-1] + 1])
+        except Exception as exc:  # zarr raises several types for a damaged chunk
             for row in block_rows:
-                step_values = values[row - block_rows[0]]
-                if step_values.dtype.kind == "f":
-                    finite = np.isfinite(step_values).reshape(step_values.shape[0], -1)
-                    bad = np.flatnonzero(~finite.all(axis=1))
-                    if bad.size:
-                        nonfinite[row] = int(bad[0])
-                elif (step_values < 0).any():
-                    negative[row] = int(step_values.min())
-        where = f"split {split!r}, variable {name!r}"
-        if missing:
-            first = missing[min(missing)].relative_to(path)
-            if rewrite is None:
-                fix = recapture
-            else:
-                fill = np.asarray(array.fill_value).item()
-                fix = (
-                    f"zarr does not store a chunk whose values all equal the fill value "
-                    f"({fill!r}) unless write_empty_chunks=True, and readers refuse a missing "
-                    f"chunk: write the split with {rewrite} (or, if the file was lost, restore it)"
-                )
-            found.error(
-                f"{where}, {_steps_text(steps, sorted(missing))}: chunk file {first} is missing "
-                f"although the step is marked captured; {fix}"
+                scan.broken[row] = f"{type(exc).__name__}: {exc}"
+            continue
+        for row in block_rows:
+            step_values = values[row - block_rows[0]]
+            if step_values.dtype.kind == "f":
+                finite = np.isfinite(step_values).reshape(step_values.shape[0], -1)
+                bad = np.flatnonzero(~finite.all(axis=1))
+                if bad.size:
+                    scan.nonfinite[row] = int(bad[0])
+            elif (step_values < 0).any():
+                scan.negative[row] = int(step_values.min())
+    return scan
+
+
+def _report_chunks(
+    scan: _ChunkScan,
+    array: zarr.Array,
+    path: Path,
+    steps: np.ndarray,
+    where: str,
+    name: str,
+    rewrite: str | None,
+    found: _Findings,
+) -> None:
+    """One error per kind of damage a scan found, naming the steps and the fix."""
+    recapture = "recapture the step (open_writer(...).write) or restore the store from a copy"
+    if scan.missing:
+        first = scan.missing[min(scan.missing)].relative_to(path)
+        if rewrite is None:
+            fix = recapture
+        else:
+            fill = np.asarray(array.fill_value).item()
+            fix = (
+                f"zarr does not store a chunk whose values all equal the fill value "
+                f"({fill!r}) unless write_empty_chunks=True, and readers refuse a missing "
+                f"chunk: write the split with {rewrite} (or, if the file was lost, restore it)"
             )
-        if broken:
-            row = min(broken)
-            found.error(
-                f"{where}, {_steps_text(steps, sorted(broken))}: the chunk cannot be decoded "
-                f"({broken[row]}); it is truncated or corrupt: "
-                + (recapture if rewrite is None else f"rewrite the split ({rewrite}) or restore it")
-            )
-        if nonfinite:
-            marked = sorted(nonfinite)
-            found.error(
-                f"{where}, {_steps_text(steps, marked)}: holds NaN or Inf values (first at sample "
-                f"{nonfinite[marked[0]]}); NaN is also the fill value of never-written data. "
-                "Recapture the step, or, if the run diverged there, mark it uncaptured (set "
-                f"captured to False at index {marked})"
-            )
-        if negative:
-            marked = sorted(negative)
-            if name == "index":
-                what = "indices (-1 is the fill value: the step's indices were never written)"
-                fix = "recapture the step or write its dataset indices"
-            else:
-                what = "labels"
-                fix = "write the labels as class numbers 0..C-1"
-            found.error(
-                f"{where}, {_steps_text(steps, marked)}: holds negative {what}, down to "
-                f"{negative[marked[0]]}; {fix}"
-            )
+        found.error(
+            f"{where}, {_steps_text(steps, sorted(scan.missing))}: chunk file {first} is missing "
+            f"although the step is marked captured; {fix}"
+        )
+    if scan.broken:
+        row = min(scan.broken)
+        found.error(
+            f"{where}, {_steps_text(steps, sorted(scan.broken))}: the chunk cannot be decoded "
+            f"({scan.broken[row]}); it is truncated or corrupt: "
+            + (recapture if rewrite is None else f"rewrite the split ({rewrite}) or restore it")
+        )
+    if scan.nonfinite:
+        marked = sorted(scan.nonfinite)
+        found.error(
+            f"{where}, {_steps_text(steps, marked)}: holds NaN or Inf values (first at sample "
+            f"{scan.nonfinite[marked[0]]}); NaN is also the fill value of never-written data. "
+            "Recapture the step, or, if the run diverged there, mark it uncaptured (set "
+            f"captured to False at index {marked})"
+        )
+    if scan.negative:
+        marked = sorted(scan.negative)
+        if name == "index":
+            what = "indices (-1 is the fill value: the step's indices were never written)"
+            fix = "recapture the step or write its dataset indices"
+        else:
+            what = "labels"
+            fix = "write the labels as class numbers 0..C-1"
+        found.error(
+            f"{where}, {_steps_text(steps, marked)}: holds negative {what}, down to "
+            f"{scan.negative[marked[0]]}; {fix}"
+        )
 
 
 def _open_for_check(path: Path, found: _Findings) -> zarr.Group | None:
