@@ -290,3 +290,38 @@ def test_the_lightning_callback_is_optional():
     from infoplane.train.lightning import InfoplaneCallback
 
     assert InfoplaneCallback("a.zarr", layers=["0"], probes={}, steps=[0]).recorder is None
+
+
+def test_the_lightning_callback_records_on_a_stand_in_trainer(tmp_path, monkeypatch):
+    """The callback's logic, with a stand-in for ``lightning.pytorch`` where it is absent."""
+    import importlib
+    import types
+
+    if importlib.util.find_spec("lightning") is None:
+        fake = types.ModuleType("lightning.pytorch")
+        fake.Callback = object
+        monkeypatch.setitem(sys.modules, "lightning", types.ModuleType("lightning"))
+        monkeypatch.setitem(sys.modules, "lightning.pytorch", fake)
+    monkeypatch.delitem(sys.modules, "infoplane.train.lightning", raising=False)
+    from infoplane.train.lightning import InfoplaneCallback
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(12, 4), torch.arange(12) % 3
+    store = tmp_path / "run" / "activations.zarr"
+    callback = InfoplaneCallback(str(store), layers=["1"], probes={"train": (x, y), "test": (x, y)},
+                                 steps=[0, 2, 4])  # fmt: skip
+    trainer = types.SimpleNamespace(global_step=0)
+    callback.on_fit_start(trainer, model)
+    for step in (1, 2, 3):
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, model, None, None, step - 1)
+    callback.on_fit_end(trainer, model)
+    captured = zarr.open_group(store, mode="r")["train"]["captured"][:]
+    assert captured.tolist() == [True, True, False]
+    trainer.global_step = 3  # resumed by Lightning
+    callback.on_fit_start(trainer, model)
+    trainer.global_step = 4
+    callback.on_train_batch_end(trainer, model, None, None, 3)
+    assert zarr.open_group(store, mode="r")["train"]["captured"][:].all()
+    assert not store.with_name("activations.zarr.checkpoint.pt").exists()

@@ -61,7 +61,7 @@ def test_a_users_model_file_and_config_run_end_to_end(tmp_path):
     assert (results / "plots" / "silverman" / "information_plane.png").stat().st_size > 0
     assert (results / "plots" / "training.png").exists()
     assert job_counts(planned_jobs(snakemake(tmp_path, "--dry-run"))) == {}
-    # editing the factory's file retrains (its SHA-256 is a param of the training job)
+    # editing the factory's file retrains (it is an input of the training job)
     with open(tmp_path / "ipnets" / "nets.py", "a") as f:
         f.write("\n# edited\n")
     counts = job_counts(planned_jobs(snakemake(tmp_path, "--dry-run")))
@@ -95,6 +95,9 @@ def test_existing_stores_run_through_the_workflow(tmp_path):
         assert list(ds["step"].values) == [0, 3, 6]
     assert (tmp_path / "results" / "recorded" / "checks" / "silverman.txt").exists()
     assert job_counts(planned_jobs(snakemake(tmp_path, "--dry-run"))) == {}
+    report = snakemake(tmp_path, "--report", "results/report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "results" / "report.html").stat().st_size > 0
     # a rewritten store reruns its own chain, then the stack, check and plots
     record(tmp_path / "runs" / "mine" / "seed1" / "activations.zarr", 1)
     jobs = planned_jobs(snakemake(tmp_path, "--dry-run"))

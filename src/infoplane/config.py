@@ -375,8 +375,8 @@ def factory_source(spec: str, search: str | os.PathLike | None = None) -> dict[s
 
     Finds the module without running it (its parent packages are imported), searching ``search``
     (default: the current directory) before the installed packages. The digest changes whenever
-    the factory's file is edited; runs record it in their store (attribute ``factories``) and the
-    workflow reruns a training job when it changes.
+    the factory's file is edited; runs record it in their store (attribute ``factories``); the
+    workflow makes the file an input of the training jobs, so editing it retrains.
 
     Returns
     -------

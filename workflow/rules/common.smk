@@ -81,9 +81,10 @@ def store_params(wildcards):
     return ""
 
 
-def factory_params(wildcards):
-    """The source digests of a run's factories: editing the factory's file retrains."""
-    return canonical(experiment_factories(experiment(wildcards.experiment)))
+def factory_files(name):
+    """The source files of an experiment's model and dataset factories (found without running
+    them): inputs of its training jobs, so that editing one retrains."""
+    return [f["file"] for f in experiment_factories(experiment(name)).values() if f["file"]]
 
 
 def presets_of(name):
@@ -107,9 +108,10 @@ def run_config(wildcards):
 
 
 def dataset_input(wildcards):
-    """The dataset summary a run waits for (downloaded datasets only), plus a user's .npz."""
+    """The dataset summary a run waits for (downloaded datasets only), a user's .npz, and the
+    source files of the experiment's factories."""
     dataset = experiment(wildcards.experiment)["dataset"]
-    inputs = []
+    inputs = factory_files(wildcards.experiment)
     if "factory" in dataset:
         return inputs
     if dataset["name"] in DOWNLOADED_DATASETS:

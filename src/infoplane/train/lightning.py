@@ -48,28 +48,19 @@ class InfoplaneCallback(pl.Callback):
         self.recorder: Recorder | None = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        step = int(trainer.global_step)
         self.recorder = Recorder(
             self.store, pl_module, layers=self.layers, probes=self.probes, steps=self.steps,
-            restart=trainer.global_step == 0, **self.options,
+            **{**self.options, "restart": step == 0},
         )  # fmt: skip
-        self.recorder._writer = None
-        if trainer.global_step == 0:
-            self.recorder.open()
-        else:  # resumed by Lightning: reopen the store as it is
-            from infoplane.io.store import open_writer
-
-            self.recorder._writer = open_writer(self.recorder.path)
-            self.recorder.step = trainer.global_step
+        if step == 0:
+            self.recorder.open()  # a new store, step 0 captured
+        else:  # resumed by Lightning from its checkpoint
+            self.recorder.reopen(step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-        recorder = self.recorder
-        if recorder is None:
-            return
-        step = int(trainer.global_step)
-        if step != recorder.step and step in recorder._scheduled:
-            recorder.step = step
-            recorder._capture(step)
-        recorder.step = step
+        if self.recorder is not None:
+            self.recorder.advance_to(int(trainer.global_step), checkpoint=False)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.recorder is not None:

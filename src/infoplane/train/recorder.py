@@ -146,14 +146,32 @@ class Recorder:
     def update(self, n: int = 1) -> bool:
         """``n`` optimizer updates are done; capture (and checkpoint) if a scheduled step is
         reached. Returns whether it captured."""
+        return self.advance_to(self.step + int(n))
+
+    def advance_to(self, step: int, *, checkpoint: bool = True) -> bool:
+        """Training has reached ``step`` updates; capture if it is scheduled (and not the step
+        already recorded), then checkpoint unless ``checkpoint=False`` (for loops that keep
+        their own checkpoints). Returns whether it captured."""
         if self._writer is None:
             raise StoreError("the recorder is not open; use it in a `with` block or call open()")
-        self.step += int(n)
-        if self.step in self._scheduled:
-            self._capture(self.step)
-            self.save_checkpoint()
-            return True
-        return False
+        step = int(step)
+        captured = step != self.step and step in self._scheduled
+        self.step = step
+        if captured:
+            self._capture(step)
+            if checkpoint:
+                self.save_checkpoint()
+        return captured
+
+    def reopen(self, step: int) -> Recorder:
+        """Open the existing store at ``step`` without restoring any state (the training loop
+        restored its own); the steps after ``step`` are captured again as training reaches
+        them."""
+        self._writer = open_writer(self.path)
+        if not np.array_equal(np.asarray(self._writer.steps), self.steps):
+            raise StoreError(f"store {self.path} has another schedule; start a new store")
+        self.step = int(step)
+        return self
 
     def close(self) -> None:
         """Nothing is buffered: every capture is on disk when :meth:`update` returns."""
@@ -243,7 +261,7 @@ class Recorder:
         try:
             StoreReader(self.path)
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except (StoreError, Exception):  # unreadable: start over
+        except Exception:  # an unreadable store or checkpoint: start over
             return None
         if state.get("format") != RECORDER_FORMAT or state.get("key") != self._key():
             return None
