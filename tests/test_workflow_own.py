@@ -21,9 +21,7 @@ OWN_CONFIG = """\
 run: [own]
 experiments:
   own:
-    dataset:
-      factory: "ipnets.nets:blobs"
-      kwargs: {shape: [1, 8, 8], n_train: 120, n_test: 60}
+    dataset: {factory: "ipnets.nets:blobs", kwargs: {shape: [1, 8, 8], n_train: 120, n_test: 60}}
     model:
       factory: "ipnets.nets:resnet"
       kwargs: {width: 4}
@@ -47,7 +45,7 @@ experiments:
 
 @pytest.mark.slow
 def test_a_users_model_file_and_config_run_end_to_end(tmp_path):
-    assert len(OWN_CONFIG.splitlines()) <= 16
+    assert len(OWN_CONFIG.splitlines()) <= 15
     shutil.copytree(HERE / "ipnets", tmp_path / "ipnets", ignore=shutil.ignore_patterns("__py*"))
     (tmp_path / "config.yaml").write_text(OWN_CONFIG)
     started = time.perf_counter()
