@@ -325,3 +325,23 @@ def test_the_lightning_callback_records_on_a_stand_in_trainer(tmp_path, monkeypa
     callback.on_train_batch_end(trainer, model, None, None, 3)
     assert zarr.open_group(store, mode="r")["train"]["captured"][:].all()
     assert not store.with_name("activations.zarr.checkpoint.pt").exists()
+
+
+def test_the_readme_model_file_and_config_fit_together(tmp_path, monkeypatch):
+    """The README's model file and config: valid, importable from the workflow's directory, the
+    layers found (the workflow test runs such a config end to end)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(# mynets/models\.py\n.*?)```", text, re.S).group(1)
+    config_text = re.search(r"```yaml\n(run: \[mine\]\n.*?)```", text, re.S).group(1)
+    assert len(config_text.splitlines()) <= 15
+    (tmp_path / "mynets").mkdir()
+    (tmp_path / "mynets" / "__init__.py").write_text("")
+    (tmp_path / "mynets" / "models.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import yaml
+
+    settings = validate_config(yaml.safe_load(config_text))["experiments"]["mine"]
+    model = build_factory_model(settings["model"], input_shape=(1, 8, 8), n_classes=10)
+    assert select_layers(model, settings["capture"]["layers"]) == ["1"]
+    assert factory_source(settings["model"]["factory"])["file"].endswith("models.py")
