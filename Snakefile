@@ -24,7 +24,7 @@ report: "workflow/report/workflow.rst"
 
 wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-    run=r"seed[0-9]+",
+    run=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     preset=r"[A-Za-z0-9][A-Za-z0-9._-]*",
 
 

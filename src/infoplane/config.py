@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import glob
+import hashlib
+import importlib.util
 import json
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -145,6 +150,21 @@ def _describe(error) -> str:
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         return f"{where}: expected {expected}, got {error.instance!r}"
+    if kind == "oneOf" and isinstance(error.instance, dict):
+        if "stores" in error.schema.get("properties", {}):
+            return (
+                f"{where}: give either dataset and model (to train) or stores (existing "
+                "activation stores to analyse), not both"
+            )
+        return (
+            f"{where}: give either name (a built-in) or factory ('package.module:function', "
+            "your own), not both"
+        )
+    if kind == "pattern" and error.absolute_path and error.absolute_path[-1] == "factory":
+        return (
+            f"{where}: {error.instance!r} is not of the form 'package.module:function' "
+            "(dotted module path, a colon, the callable's name)"
+        )
     if "propertyNames" in error.absolute_schema_path:
         return (
             f"{where}: name {error.instance!r} is not allowed; names are used in paths and "
@@ -172,6 +192,28 @@ def _reference_problems(config: Mapping) -> list[str]:
             )
     presets = config["estimators"]
     for name, experiment in experiments.items():
+        if "model" in experiment and "factory" in experiment["model"]:
+            model = experiment["model"]
+            if model.get("activation", "tanh") != "tanh":
+                problems.append(
+                    f"experiments.{name}.model.activation: an option of the built-in models; "
+                    "pass your factory its own kwargs instead"
+                )
+            extra = [k for k in _ALL_MODEL_OPTIONS if k in model]
+            if extra:
+                problems.append(
+                    f"experiments.{name}.model: {', '.join(map(repr, extra))} are options of the "
+                    "built-in models; a factory model takes only factory and kwargs"
+                )
+            model.pop("activation", None)  # filled by the schema; means nothing here
+        dataset = experiment.get("dataset")
+        if dataset is not None and "factory" in dataset:
+            extra = sorted(set(dataset) - {"factory", "kwargs"})
+            if extra:
+                problems.append(
+                    f"experiments.{name}.dataset: unknown key(s) {', '.join(map(repr, extra))} "
+                    "beside factory; allowed keys: factory, kwargs"
+                )
         for i, preset in enumerate(experiment["estimators"]):
             if preset not in presets and preset not in BUILTIN_PRESETS:
                 available = ", ".join(available_presets({"estimators": presets}))
@@ -179,9 +221,11 @@ def _reference_problems(config: Mapping) -> list[str]:
                     f"experiments.{name}.estimators[{i}]: unknown estimator preset {preset!r}; "
                     f"available: {available} (define it under the top-level estimators)"
                 )
+        if "stores" in experiment:
+            continue
         model = experiment["model"]
-        allowed = MODEL_OPTIONS.get(model["name"], ())
-        for key in _ALL_MODEL_OPTIONS:
+        allowed = MODEL_OPTIONS.get(model.get("name"), ())
+        for key in _ALL_MODEL_OPTIONS if "name" in model else ():
             if key in model and key not in allowed:
                 problems.append(
                     f"experiments.{name}.model.{key}: not an option of model {model['name']}; "
@@ -321,3 +365,110 @@ def seed_from_run(run: str, settings: Mapping) -> int:
             f"{', '.join(f'seed{s}' for s in seeds)}"
         )
     return seed
+
+
+# --- your own models and data (factories), your own stores ----------------------------------
+
+
+def factory_source(spec: str, search: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Where a factory ``"package.module:function"`` lives and the SHA-256 of its module's source.
+
+    Finds the module without running it (its parent packages are imported), searching ``search``
+    (default: the current directory) before the installed packages. The digest changes whenever
+    the factory's file is edited; runs record it in their store (attribute ``factories``); the
+    workflow makes the file an input of the training jobs, so editing it retrains.
+
+    Returns
+    -------
+    dict
+        ``{"factory": spec, "file": path or None, "sha256": hex digest or None}`` (None: the
+        module was not found or has no source file).
+    """
+    module = spec.split(":", 1)[0]
+    folder = os.fspath(search) if search is not None else os.getcwd()
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    finally:
+        if added:
+            sys.path.remove(folder)
+    origin = getattr(found, "origin", None)
+    if not origin or not os.path.isfile(origin):
+        return {"factory": spec, "file": None, "sha256": None}
+    with open(origin, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"factory": spec, "file": os.path.abspath(origin), "sha256": digest}
+
+
+def experiment_factories(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`factory_source` of the model and dataset factories an experiment names."""
+    found = {}
+    for part in ("model", "dataset"):
+        entry = settings.get(part)
+        if isinstance(entry, Mapping) and "factory" in entry:
+            found[part] = factory_source(entry["factory"])
+    return found
+
+
+#: Folder names a run of an external store may not take: they are products of an experiment.
+_RESERVED_RUNS = ("mi", "plots", "checks", "estimators")
+
+
+def store_runs(patterns: str | Iterable[str], *, base: str | os.PathLike = ".") -> dict[str, str]:
+    """The runs of an experiment of existing stores: run name -> store path.
+
+    Each pattern is a path or a glob (relative to ``base``); matches are sorted. A store named
+    ``activations.zarr`` gives its folder's name as the run (``runs/seed0/activations.zarr`` ->
+    ``seed0``), any other its stem (``stores/a.zarr`` -> ``a``).
+
+    Raises
+    ------
+    ConfigError
+        A pattern matches nothing, two stores give the same run, or a run name is unusable.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    runs: dict[str, str] = {}
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.join(os.fspath(base), pattern)))
+        matches = [m for m in matches if os.path.isdir(m)]
+        if not matches:
+            raise ConfigError(
+                f"stores: {pattern!r} matches no store (folder) under {os.path.abspath(base)}"
+            )
+        for path in matches:
+            path = os.path.normpath(path)
+            leaf = os.path.basename(path)
+            name = (
+                os.path.basename(os.path.dirname(path))
+                if leaf == "activations.zarr"
+                else (os.path.splitext(leaf)[0])
+            )
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name) or name in _RESERVED_RUNS:
+                raise ConfigError(
+                    f"stores: the store {path} would be run {name!r}, which cannot name a run "
+                    "folder; rename its folder (letters, digits, . _ -)"
+                )
+            if name in runs and runs[name] != path:
+                raise ConfigError(
+                    f"stores: {runs[name]} and {path} both give run {name!r}; name them apart"
+                )
+            runs[name] = path
+    return runs
+
+
+def store_fingerprint(path: str | os.PathLike) -> str:
+    """A digest of a store's files (names, sizes, modification times): changes when it does."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            info = os.stat(full)
+            rel = os.path.relpath(full, path)
+            digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -5,7 +5,13 @@
 import json
 import os
 
-from infoplane.config import seed_from_run, validate_config
+from infoplane.config import (
+    experiment_factories,
+    seed_from_run,
+    store_fingerprint,
+    store_runs,
+    validate_config,
+)
 from infoplane.presets import needs_activations, preset_to_json, resolve_preset
 
 # Cross-references the schema cannot express (run names, preset names, schedule keys); the
@@ -32,9 +38,53 @@ def experiment(name):
     return CONFIG["experiments"][name]
 
 
+def external(name):
+    """Whether an experiment analyses existing stores (`stores:`) instead of training."""
+    return "stores" in experiment(name)
+
+
+# Experiments of existing stores: run name -> store path, from the globs, when the DAG is built.
+EXTERNAL_RUNS = {
+    name: store_runs(settings["stores"])
+    for name, settings in CONFIG["experiments"].items()
+    if "stores" in settings and name in CONFIG["run"]
+}
+
+
+def external_runs(name):
+    if name not in EXTERNAL_RUNS:
+        EXTERNAL_RUNS[name] = store_runs(experiment(name)["stores"])
+    return EXTERNAL_RUNS[name]
+
+
 def run_names(name):
-    """Runs of an experiment: seed<S> for each of its seeds."""
+    """Runs of an experiment: seed<S> for each of its seeds, or one per existing store."""
+    if external(name):
+        return list(external_runs(name))
     return [f"seed{seed}" for seed in experiment(name)["seeds"]]
+
+
+def activation_store(wildcards):
+    """The activation store of a run: trained here, or an existing one (`stores:`)."""
+    if external(wildcards.experiment):
+        runs = external_runs(wildcards.experiment)
+        if wildcards.run not in runs:
+            raise ValueError(f"{wildcards.experiment} has no store for run {wildcards.run}")
+        return runs[wildcards.run]
+    return f"results/{wildcards.experiment}/{wildcards.run}/activations.zarr"
+
+
+def store_params(wildcards):
+    """A digest of an existing store's files: editing or replacing it reruns its distances."""
+    if external(wildcards.experiment):
+        return store_fingerprint(activation_store(wildcards))
+    return ""
+
+
+def factory_files(name):
+    """The source files of an experiment's model and dataset factories (found without running
+    them): inputs of its training jobs, so that editing one retrains."""
+    return [f["file"] for f in experiment_factories(experiment(name)).values() if f["file"]]
 
 
 def presets_of(name):
@@ -58,9 +108,12 @@ def run_config(wildcards):
 
 
 def dataset_input(wildcards):
-    """The dataset summary a run waits for (downloaded datasets only), plus a user's .npz."""
+    """The dataset summary a run waits for (downloaded datasets only), a user's .npz, and the
+    source files of the experiment's factories."""
     dataset = experiment(wildcards.experiment)["dataset"]
-    inputs = []
+    inputs = factory_files(wildcards.experiment)
+    if "factory" in dataset:
+        return inputs
     if dataset["name"] in DOWNLOADED_DATASETS:
         inputs.append(f"results/{wildcards.experiment}/dataset.json")
     if dataset["name"] == "npz" and "path" in dataset:
@@ -70,7 +123,7 @@ def dataset_input(wildcards):
 
 def dataset_options(wildcards):
     options = dict(experiment(wildcards.experiment)["dataset"])
-    options.pop("name")
+    options.pop("name", None)
     return canonical(options)
 
 
@@ -90,7 +143,7 @@ def preset_json(wildcards):
 def estimate_store(wildcards):
     """The activation store, for presets that read activations (per-channel kernels)."""
     if needs_activations(resolve_preset(CONFIG, wildcards.preset)):
-        return f"results/{wildcards.experiment}/{wildcards.run}/activations.zarr"
+        return activation_store(wildcards)
     return []
 
 
@@ -119,7 +172,8 @@ def all_targets():
     """Every product of the experiments listed in `run:`."""
     targets = []
     for name in CONFIG["run"]:
-        targets.append(f"results/{name}/plots/training.png")
+        if not external(name):  # existing stores come without training metrics
+            targets.append(f"results/{name}/plots/training.png")
         for preset in presets_of(name):
             targets += [
                 f"results/{name}/mi/{preset}.zarr",

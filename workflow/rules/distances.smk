@@ -1,13 +1,16 @@
 # The one pass over the activations: N×N squared distances of every (split, step, layer), on a
 # Dask cluster of {threads} single-threaded workers (or the scheduler at DASK_SCHEDULER_ADDRESS).
-# Every estimator preset works from this cache.
+# Every estimator preset works from this cache. The store is a run's own or, for an experiment of
+# `stores:`, an existing one; a digest of its files is a param, so a changed store reruns.
 
 
 rule distances:
     input:
-        store="results/{experiment}/{run}/activations.zarr",
+        store=activation_store,
     output:
         directory("results/{experiment}/{run}/distances.zarr"),
+    params:
+        store=store_params,
     log:
         "logs/{experiment}/{run}/distances.log",
     threads: 2

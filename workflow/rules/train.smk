@@ -1,4 +1,6 @@
 # Train one run (experiment, seed) and capture its activations at the scheduled steps.
+# The source file of a model or dataset factory is an input, so editing it retrains the runs
+# built with it (the store records the file's SHA-256 in its `factories` attribute).
 # `params.config` is the run's resolved settings (the experiment narrowed to this seed, without
 # the estimator list); it is written beside the store and is what `infoplane train` reads, so the
 # job depends on exactly what it uses. Training uses the GPU when there is one (device: auto).

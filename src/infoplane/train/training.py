@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from infoplane.config import resolve_experiment, seed_from_run
+from infoplane.config import experiment_factories, resolve_experiment, seed_from_run
 from infoplane.errors import ConfigError, StoreError, TrainingError
 from infoplane.io.files import canonical_json, write_bytes_atomically
 from infoplane.io.store import SPLITS, StoreReader, create_store, open_writer
@@ -263,6 +263,8 @@ def evaluate(
     import torch
     import torch.nn.functional as F
 
+    from infoplane.train.capture import model_output
+
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -270,7 +272,7 @@ def evaluate(
     try:
         with torch.inference_mode():
             for start in range(0, len(x), batch_size):
-                logits = model(x[start : start + batch_size])
+                logits = model_output(model(x[start : start + batch_size]))
                 target = y[start : start + batch_size]
                 loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
                 correct += (logits.argmax(dim=1) == target).sum()
@@ -409,20 +411,12 @@ class _Run:
     capture_batch_size: int | None
 
 
-def _check_layers(model, layers: Sequence[str]) -> None:
-    names = [name for name, _ in model.named_modules() if name]
-    unknown = [layer for layer in layers if layer not in names]
-    if unknown:
-        raise ConfigError(
-            f"capture.layers: unknown module name(s) {', '.join(map(repr, unknown))}; "
-            f"the model's modules are: {', '.join(names)}"
-        )
-
-
 def _prepare(settings: Mapping[str, Any], run: str, device_name: str | None) -> _Run:
     import torch
 
+    from infoplane.train.capture import select_layers
     from infoplane.train.datasets import load_dataset
+    from infoplane.train.factories import build_factory_model, load_factory_dataset
     from infoplane.train.models import build_model, default_layers
 
     settings = resolve_experiment(settings)  # a private, validated copy with defaults
@@ -431,7 +425,15 @@ def _prepare(settings: Mapping[str, Any], run: str, device_name: str | None) -> 
     training, capture = settings["training"], settings["capture"]
     device = resolve_device(device_name or training.get("device", "auto"))
 
-    dataset = load_dataset(**settings["dataset"])
+    if "stores" in settings:
+        raise ConfigError(
+            f"{settings.get('experiment', 'experiment')}: an experiment of existing stores "
+            "(stores:) has nothing to train"
+        )
+    if "factory" in settings["dataset"]:
+        dataset = load_factory_dataset(settings["dataset"])
+    else:
+        dataset = load_dataset(**settings["dataset"])
     for split in SPLITS:
         available = len(getattr(dataset, f"y_{split}"))
         wanted = capture["probe"][split]
@@ -443,20 +445,27 @@ def _prepare(settings: Mapping[str, Any], run: str, device_name: str | None) -> 
 
     torch.manual_seed(seeds["init"])
     model_settings = settings["model"]
-    options = {k: v for k, v in model_settings.items() if k not in ("name", "activation")}
-    model = build_model(
-        model_settings["name"],
-        activation=model_settings.get("activation", "tanh"),
-        input_shape=tuple(dataset.x_train.shape[1:]),
-        n_classes=dataset.classes,
-        **options,
-    ).to(device)
+    if "factory" in model_settings:
+        model = build_factory_model(
+            model_settings,
+            input_shape=tuple(dataset.x_train.shape[1:]),
+            n_classes=dataset.classes,
+        ).to(device)
+    else:
+        options = {k: v for k, v in model_settings.items() if k not in ("name", "activation")}
+        model = build_model(
+            model_settings["name"],
+            activation=model_settings.get("activation", "tanh"),
+            input_shape=tuple(dataset.x_train.shape[1:]),
+            n_classes=dataset.classes,
+            **options,
+        ).to(device)
     layers = list(capture["layers"]) if capture.get("layers") else list(default_layers(model))
     softmax = bool(capture.get("softmax", True))
     if "softmax" in layers:  # listing it by name is the same as softmax: true
         layers.remove("softmax")
         softmax = True
-    _check_layers(model, layers)
+    layers = select_layers(model, layers)
     if not layers and not softmax:
         raise ConfigError("capture: nothing to record; list capture.layers or set softmax: true")
 
@@ -539,15 +548,20 @@ def _capture(r: _Run, writer, step: int) -> None:
 
 
 def _store_attrs(r: _Run) -> dict[str, Any]:
-    return {
+    model, dataset = r.settings["model"], r.settings["dataset"]
+    attrs = {
         "experiment": r.settings.get("experiment"),
         "run": r.run,
         "seed": r.seed,
-        "model": r.settings["model"]["name"],
-        "dataset": r.settings["dataset"]["name"],
+        "model": model.get("name", model.get("factory")),
+        "dataset": dataset.get("name", dataset.get("factory")),
         "config": r.settings,
         "device": r.device.type,
     }
+    factories = experiment_factories(r.settings)
+    if factories:  # which source file (and its SHA-256) built the model and the data
+        attrs["factories"] = factories
+    return attrs
 
 
 def _create_store(r: _Run, path: Path):
@@ -723,6 +737,8 @@ def _train_epoch(
     import torch
     import torch.nn.functional as F
 
+    from infoplane.train.capture import model_output
+
     x_train, y_train = r.data["train"]
     scheduled = set(r.steps.tolist())
     capture_seconds, captures = 0.0, 0
@@ -731,7 +747,7 @@ def _train_epoch(
     for start in range(0, len(order), r.batch_size):
         batch = order[start : start + r.batch_size]
         r.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(r.model(x_train[batch]), y_train[batch])
+        loss = F.cross_entropy(model_output(r.model(x_train[batch])), y_train[batch])
         value = loss.item()  # one sync per iteration: divergence is caught at its step
         if not math.isfinite(value):
             losses.append(value)
