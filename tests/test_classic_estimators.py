@@ -310,3 +310,51 @@ def test_the_check_knows_each_estimators_invariants(run_dir, client):
     broken = kde.copy(deep=True)
     broken["I_XT_lower"][1, 2, 1] = broken["I_XT_upper"][1, 2, 1] + 0.1
     assert [v.invariant for v in check_result(broken)] == ["kde: I_XT_upper >= I_XT_lower"]
+
+
+def test_the_schema_names_the_estimators_and_checks_their_parameters():
+    from infoplane.config import config_schema, validate_config
+    from infoplane.presets import ESTIMATORS
+
+    preset = config_schema()["$defs"]["preset"]["properties"]
+    assert preset["estimator"]["enum"] == list(ESTIMATORS)
+    experiment = {"dataset": {"name": "digits"}, "model": {"name": "mlp"}}
+    good = {
+        "experiments": {"e": {**experiment, "estimators": ["b30", "kde", "paper"]}},
+        "estimators": {"b30": {"estimator": "binning", "bins": 30, "range": "layer"}},
+    }
+    validate_config(good)
+    for bad in (
+        {"estimator": "binning", "range": "observed"},
+        {"estimator": "kde", "noise_variance": -1.0},
+        {"estimator": "binning", "bins": 0},
+        {"estimator": "kernel"},
+    ):
+        with pytest.raises(ConfigError):
+            validate_config({**good, "estimators": {"b30": bad}})
+
+
+def test_comparison_figure_of_several_presets(run_dir, client, tmp_path, capsys):
+    from infoplane.cli import main
+    from infoplane.report.analysis import normalised_mi
+    from infoplane.report.plots import COMPARISON_FIGURES, comparison_figure
+
+    paths = []
+    for name in ("paper", "binning", "kde"):
+        out = tmp_path / f"{name}.zarr"
+        estimate(run_dir / "distances.zarr", resolve_preset(None, name), name=name, out=out,
+                 client=client)  # fmt: skip
+        paths.append(out)
+    results = {p.stem: open_result(p) for p in paths}
+    layers = [str(v) for v in results["kde"]["layer"].values]
+    ratio = normalised_mi(results["binning"], "I_XT", "train", layers)
+    assert ratio.shape == (1, len(STEPS), len(layers))
+    assert np.nanmax(ratio) <= 1 + 1e-12 and np.nanmin(ratio) >= 0
+    fig = comparison_figure(results, "test")
+    assert len(fig.axes) == 2 * len(layers)
+    assert main(["plot", "--compare", *map(str, paths), "--out-dir", str(tmp_path / "plots")]) == 0
+    for name in COMPARISON_FIGURES.values():
+        assert (tmp_path / "plots" / name).read_bytes().startswith(b"\x89PNG")
+    assert main(["check", str(paths[1])]) == 0 and main(["check", str(paths[2])]) == 0
+    assert main(["plot", str(paths[1]), "--out-dir", str(tmp_path / "binning")]) == 0
+    assert main(["plot", str(paths[2]), "--out-dir", str(tmp_path / "kde")]) == 0
