@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             fig.savefig(raw, dpi=110, metadata={"Software": None})
             if split == "train":
                 copy_figure(raw, args.out / f"{experiment}_estimators.png")
-        n = int(results["binning"]["n_samples"].sel(split="train"))
+        n = int(np.max(results["binning"]["n_samples"].sel(split="train").values))
         sections[-1] += f"\n\nlog2 N (train probe, N = {n}) = {np.log2(n):.3f} bits"
     text = "\n\n".join(sections) + "\n"
     out = args.results / "reproduction"
