@@ -358,3 +358,26 @@ def test_comparison_figure_of_several_presets(run_dir, client, tmp_path, capsys)
     assert main(["check", str(paths[1])]) == 0 and main(["check", str(paths[2])]) == 0
     assert main(["plot", str(paths[1]), "--out-dir", str(tmp_path / "binning")]) == 0
     assert main(["plot", str(paths[2]), "--out-dir", str(tmp_path / "kde")]) == 0
+
+
+def test_explicit_matrix_estimator_gives_the_same_result(run_dir, client):
+    paper = resolve_preset(None, "paper")
+    explicit = {**BUILTIN_PRESETS["paper"], "estimator": "matrix"}
+    first = estimate(run_dir / "distances.zarr", paper, name="paper", client=client)
+    second = estimate(run_dir / "distances.zarr", explicit, name="paper", client=client)
+    assert_results_identical(first, second)
+    assert first.attrs["preset"] == second.attrs["preset"]
+    assert list(first.data_vars) == list(second.data_vars)
+
+
+def test_stacking_binned_runs_of_different_steps_keeps_the_flags_boolean(tmp_path, client):
+    preset = resolve_preset(None, "binning")
+    results = []
+    for seed, captured in ((0, STEPS), (1, STEPS[:3])):
+        store = make_store(tmp_path / f"s{seed}.zarr", steps=STEPS, captured=captured, seed=seed,
+                           run=f"seed{seed}")  # fmt: skip
+        results.append(estimate(store, preset, name="binning", client=client))
+    stacked = stack_runs(results)
+    assert stacked["saturated"].dtype == bool
+    assert np.isnan(stacked["I_XT"].sel(run="seed1", step=30)).all()
+    assert_invariants(stacked)
