@@ -41,11 +41,12 @@ def test_every_builtin_resolves_and_round_trips_through_json(name):
     assert validate_preset(preset, name) == preset  # resolving is idempotent
 
 
-def test_multivariate_needs_the_activations_and_others_do_not():
-    assert needs_activations(resolve_preset(None, "multivariate"))
+def test_multivariate_and_binning_need_the_activations_and_others_do_not():
+    readers = {"multivariate", "binning", "binning-adaptive"}
+    assert all(needs_activations(resolve_preset(None, n)) for n in readers)
     assert resolve_preset(None, "multivariate")["channel_width"] == {"rule": "silverman"}
     assert not any(
-        needs_activations(resolve_preset(None, n)) for n in BUILTIN_PRESETS if n != "multivariate"
+        needs_activations(resolve_preset(None, n)) for n in BUILTIN_PRESETS if n not in readers
     )
 
 

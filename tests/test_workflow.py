@@ -163,6 +163,9 @@ def test_plots_are_written_and_not_trivial(tiny_run):
         assert table[0] == "split,pair,I_XT,I_TY,n_XT,n_TY"
         assert table[-1].startswith("test,chain,")
     assert (plots / "training.png").stat().st_size > 20_000
+    for name in ("comparison_train.png", "comparison_test.png"):
+        assert (plots / name).read_bytes().startswith(b"\x89PNG")
+        assert (plots / name).stat().st_size > 20_000
 
 
 @pytest.mark.slow
@@ -173,6 +176,7 @@ def test_report_has_the_figures_and_captions(tiny_run):
     html = report.read_text(encoding="utf-8")
     assert "information_plane_train.png" in html and "training.png" in html
     assert "Data-processing check for experiment" in html  # a caption, rendered
+    assert "comparison_train.png" in html and "compared on the same" in html
     assert "Experiments in this report: tiny" in html
 
 
@@ -192,9 +196,18 @@ def test_editing_a_preset_reruns_only_its_estimation_and_plots(tiny_run):
 
     jobs = dry_run(tiny_run, edited_config(tiny_run, "edit_preset.yaml", edit))
     assert job_counts(jobs) == Counter(
-        {"preset": 1, "estimate": 2, "stack": 1, "check": 1, "plot_estimates": 1}
+        {
+            "preset": 1,
+            "estimate": 2,
+            "stack": 1,
+            "check": 1,
+            "plot_estimates": 1,
+            "plot_comparison": 1,
+        }
     )
-    assert all(w.get("preset") == "aligned" for rule, w in jobs if rule != "all")
+    assert all(
+        w.get("preset") == "aligned" for rule, w in jobs if rule not in ("all", "plot_comparison")
+    )
 
 
 @pytest.mark.slow
@@ -209,9 +222,41 @@ def test_adding_a_preset_adds_only_its_jobs(tiny_run):
 
     jobs = dry_run(tiny_run, edited_config(tiny_run, "add_preset.yaml", edit))
     assert job_counts(jobs) == Counter(
-        {"preset": 1, "estimate": 2, "stack": 1, "check": 1, "plot_estimates": 1}
+        {
+            "preset": 1,
+            "estimate": 2,
+            "stack": 1,
+            "check": 1,
+            "plot_estimates": 1,
+            "plot_comparison": 1,
+        }
     )
-    assert all(w.get("preset") == "wide" for rule, w in jobs if rule != "all")
+    assert all(
+        w.get("preset") == "wide" for rule, w in jobs if rule not in ("all", "plot_comparison")
+    )
+
+
+@pytest.mark.slow
+def test_adding_binning_and_kde_presets_adds_only_their_jobs(tiny_run):
+    def edit(config):
+        config["estimators"]["bins10"] = {"estimator": "binning", "bins": 10, "range": "layer"}
+        config["experiments"]["tiny"]["estimators"] += ["bins10", "kde"]
+
+    jobs = dry_run(tiny_run, edited_config(tiny_run, "add_classic.yaml", edit))
+    assert job_counts(jobs) == Counter(
+        {
+            "preset": 2,
+            "estimate": 4,
+            "stack": 2,
+            "check": 2,
+            "plot_estimates": 2,
+            "plot_comparison": 1,
+        }
+    )
+    assert {w.get("preset") for rule, w in jobs if rule not in ("all", "plot_comparison")} == {
+        "bins10",
+        "kde",
+    }
 
 
 @pytest.mark.slow
@@ -228,6 +273,7 @@ def test_adding_a_seed_runs_only_that_seeds_chain(tiny_run):
             "stack": 2,
             "check": 2,
             "plot_estimates": 2,
+            "plot_comparison": 1,
             "plot_training": 1,
         }
     )
@@ -244,6 +290,35 @@ def test_changing_training_settings_retrains_every_run(tiny_run):
     counts = job_counts(dry_run(tiny_run, edited_config(tiny_run, "edit_training.yaml", edit)))
     assert counts["train"] == 2 and counts["distances"] == 2 and counts["estimate"] == 4
     assert counts["preset"] == 0
+
+
+@pytest.mark.slow
+def test_binning_and_kde_presets_run_through_the_workflow(tiny_run, tmp_path):
+    """On a copy of the finished tiny run: the classic presets estimate, stack, check and plot
+    without retraining; the binned I(X;T) is H(T), the KDE upper bound is above the lower."""
+    import xarray as xr
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+
+    def edit(config):
+        config["experiments"]["tiny"]["estimators"] += ["binning-adaptive", "kde"]
+
+    config = edited_config(workdir, "classic.yaml", edit)
+    result = snakemake(workdir, "--configfile", str(config), "--replace-workflow-config")
+    assert result.returncode == 0, result.stderr[-5000:]
+    mi = workdir / "results" / "tiny" / "mi"
+    with xr.open_zarr(mi / "binning-adaptive.zarr") as ds:
+        ds = ds.load()
+    np.testing.assert_allclose(ds["I_XT"], ds["H_T"], atol=1e-9)
+    assert ds["saturated"].dtype == bool and list(ds["run"].values) == ["seed0", "seed1"]
+    with xr.open_zarr(mi / "kde.zarr") as ds:
+        ds = ds.load()
+    assert (ds["I_XT_upper"] >= ds["I_XT_lower"] - 1e-12).all()
+    checks = workdir / "results" / "tiny" / "checks"
+    for preset in ("binning-adaptive", "kde"):
+        assert "0 violation(s), 0 NaN point(s)" in (checks / f"{preset}.txt").read_text()
+    assert (workdir / "results" / "tiny" / "plots" / "comparison_test.png").stat().st_size > 20_000
 
 
 # ---------------------------------------------------------------------------------------------

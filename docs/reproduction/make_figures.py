@@ -7,7 +7,8 @@ Run after the workflow (see docs/reproduction/config.yaml):
 Prints the tables of the claims as Markdown (and writes them to RESULTS/reproduction/tables.md),
 copies the workflow's figures of every experiment into OUT (shrunk when larger than 300 KB) and
 draws the summary figures: compression per layer, early stopping against the onset of
-compression, and the tensor against the multivariate estimator on the CNN.
+compression, and the tensor against the multivariate estimator on the CNN. The classic
+estimators (binning, KDE) are left to compare_estimators.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ MAX_BYTES = 300_000
 # presets of the tensor kernel whose compression and timing are tabulated (width smoothing per
 # training iteration, per capture, none)
 TENSOR_PRESETS = ("paper", "paper-per-capture", "paper-unsmoothed")
+# the classic estimators have a comparison of their own (compare_estimators.py)
+CLASSIC_PRESETS = ("binning", "binning-adaptive", "kde")
 COPIED = {
     "information_plane_train.png": "ip_train",
     "information_plane_test.png": "ip_test",
@@ -456,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, settings in exps.items():
         label = LABELS.get(name, name)
         for preset in settings["estimators"]:
+            if preset in CLASSIC_PRESETS:
+                continue
             mi = estimates(results, name, preset)
             seeds = seeds_of(mi)
             checks.append({"experiment": label, "preset": preset, **check_counts(mi)})

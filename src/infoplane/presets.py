@@ -1,10 +1,20 @@
 """Estimator presets: validated, defaults-filled, JSON-serialisable mappings.
 
-A preset says how to turn cached distances into entropies: the kernel (``tensor`` or
-``multivariate``), the Rényi order ``alpha``, the width rule of the input kernel, the label kernel
-and the width rule of the layer kernels (``multivariate`` presets give a per-channel rule
-instead). The resolved mapping is the one stored in a result's attributes, so it must re-create
-the estimate exactly.
+A preset names its ``estimator`` (default ``matrix``) and that estimator's parameters:
+
+- ``matrix`` (the matrix-based Rényi estimator): the kernel (``tensor`` or ``multivariate``), the
+  Rényi order ``alpha``, the width rule of the input kernel, the label kernel and the width rule of
+  the layer kernels (``multivariate`` presets give a per-channel rule instead). Its resolved
+  mapping carries no ``estimator`` key, so that a matrix preset resolves to the same mapping (and
+  canonical JSON) whether or not it says ``estimator: matrix``;
+- ``binning`` (Shwartz-Ziv & Tishby): ``bins`` (equal-width bins per unit, default 30) and
+  ``range`` (``[low, high]``, default ``[-1, 1]``, or ``layer``: each layer's observed range at
+  each point); see :mod:`infoplane.core.binning`;
+- ``kde`` (the pairwise-distance bounds of Kolchinsky & Tracey, as used by Saxe et al.):
+  ``noise_variance`` (default 0.1); see :mod:`infoplane.core.kde`.
+
+The resolved mapping is the one stored in a result's attributes, so it must re-create the
+estimate exactly.
 
 Presets are looked up by name, first in the ``estimators:`` mapping of the given configuration,
 then among :data:`BUILTIN_PRESETS`. The built-ins are defined here only: a configuration names them
@@ -24,6 +34,7 @@ from typing import Any
 from infoplane.errors import ConfigError
 from infoplane.io.files import canonical_json
 
+ESTIMATORS = ("matrix", "binning", "kde")
 KERNELS = ("tensor", "multivariate")
 LABEL_KERNELS = ("indicator",)
 INPUT_RULES = ("fixed", "silverman", "scott", "median")
@@ -43,6 +54,10 @@ DEFAULT_ALIGNMENT: dict[str, Any] = {
     "smoothing_per": "iteration",
 }
 DEFAULT_CHANNEL_WIDTH: dict[str, Any] = {"rule": "silverman"}
+# Shwartz-Ziv & Tishby's binning: 30 bins per unit on [-1, 1]; Saxe et al.'s noise variance.
+DEFAULT_BINS = 30
+DEFAULT_BIN_RANGE = [-1.0, 1.0]
+DEFAULT_NOISE_VARIANCE = 0.1
 
 _PAPER: dict[str, Any] = {
     "kernel": "tensor",
@@ -82,9 +97,25 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
         "label_kernel": "indicator",
         "layer_width": {"rule": "fixed", "sigma": 5.0},
     },
+    # Shwartz-Ziv & Tishby: every unit cut into 30 bins on [-1, 1] (the tanh range).
+    "binning": {"estimator": "binning", "bins": 30, "range": [-1.0, 1.0]},
+    # 30 bins on each layer's observed range at each point (Saxe et al.'s fix for ReLU).
+    "binning-adaptive": {"estimator": "binning", "bins": 30, "range": "layer"},
+    # Kolchinsky & Tracey's bounds with Saxe et al.'s noise variance (upper bound in I_XT/I_TY).
+    "kde": {"estimator": "kde", "noise_variance": 0.1},
 }
 
-_TOP_KEYS = ("kernel", "alpha", "input_width", "label_kernel", "layer_width", "channel_width")
+_TOP_KEYS = (
+    "estimator",
+    "kernel",
+    "alpha",
+    "input_width",
+    "label_kernel",
+    "layer_width",
+    "channel_width",
+)
+_BINNING_KEYS = ("estimator", "bins", "range")
+_KDE_KEYS = ("estimator", "noise_variance")
 
 
 def _fail(name: str, key: str, problem: str) -> ConfigError:
@@ -185,6 +216,11 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
     """
     if not isinstance(preset, Mapping):
         raise ConfigError(f"estimator preset {name!r} must be a mapping, got {preset!r}")
+    estimator = _choice(name, "estimator", preset.get("estimator", "matrix"), ESTIMATORS)
+    if estimator == "binning":
+        return _binning_preset(name, preset)
+    if estimator == "kde":
+        return _kde_preset(name, preset)
     _check_keys(name, "(top level)", preset, _TOP_KEYS)
     kernel = _choice(name, "kernel", preset.get("kernel", "tensor"), KERNELS)
     resolved: dict[str, Any] = {
@@ -215,6 +251,39 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
             name, "channel_width", preset.get("channel_width"), CHANNEL_RULES, DEFAULT_CHANNEL_WIDTH
         )
     return resolved
+
+
+def _binning_preset(name: str, preset: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(name, "(top level) of estimator binning", preset, _BINNING_KEYS)
+    bins = preset.get("bins", DEFAULT_BINS)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise _fail(name, "bins", f"must be an integer >= 1, got {bins!r}")
+    value_range = preset.get("range", DEFAULT_BIN_RANGE)
+    if value_range != "layer":
+        if (
+            isinstance(value_range, (str, bytes, Mapping))
+            or not hasattr(value_range, "__len__")
+            or len(value_range) != 2
+        ):
+            raise _fail(name, "range", f"must be [low, high] or layer, got {value_range!r}")
+        low, high = (_number(name, "range", v) for v in value_range)
+        if not low < high:
+            raise _fail(name, "range", f"needs low < high, got {value_range!r}")
+        value_range = [low, high]
+    return {"estimator": "binning", "bins": bins, "range": value_range}
+
+
+def _kde_preset(name: str, preset: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(name, "(top level) of estimator kde", preset, _KDE_KEYS)
+    variance = _positive(
+        name, "noise_variance", preset.get("noise_variance", DEFAULT_NOISE_VARIANCE)
+    )
+    return {"estimator": "kde", "noise_variance": variance}
+
+
+def estimator_of(preset: Mapping[str, Any]) -> str:
+    """The estimator of a resolved preset: ``matrix``, ``binning`` or ``kde``."""
+    return str(preset.get("estimator", "matrix"))
 
 
 def load_presets(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -318,5 +387,8 @@ def preset_from_json(text: str) -> dict[str, Any]:
 
 
 def needs_activations(preset: Mapping[str, Any]) -> bool:
-    """Whether the preset reads the activation store (per-channel distances are not cached)."""
-    return preset["kernel"] == "multivariate"
+    """Whether the preset reads the activation store (per-channel distances and the binned
+    activations themselves are not cached)."""
+    if estimator_of(preset) == "binning":
+        return True
+    return preset.get("kernel") == "multivariate"

@@ -168,6 +168,15 @@ def metrics_inputs(wildcards):
     )
 
 
+def comparison_inputs(wildcards):
+    """The stacked estimates of every preset of an experiment, in the config's order."""
+    return expand(
+        "results/{experiment}/mi/{preset}.zarr",
+        experiment=wildcards.experiment,
+        preset=presets_of(wildcards.experiment),
+    )
+
+
 def all_targets():
     """Every product of the experiments listed in `run:`."""
     targets = []
@@ -180,4 +189,6 @@ def all_targets():
                 f"results/{name}/checks/{preset}.txt",
                 f"results/{name}/plots/{preset}/information_plane.png",
             ]
+        if len(presets_of(name)) > 1:
+            targets.append(f"results/{name}/plots/comparison_train.png")
     return targets

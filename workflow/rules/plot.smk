@@ -1,5 +1,6 @@
-# Figures of every preset's stacked estimates and the training curves of every experiment, each
-# flagged for the report with its caption (workflow/report/*.rst).
+# Figures of every preset's stacked estimates, the comparison of an experiment's presets (when it
+# names more than one) and the training curves of every experiment, each flagged for the report
+# with its caption (workflow/report/*.rst).
 
 
 rule plot_estimates:
@@ -63,6 +64,34 @@ rule plot_estimates:
         CONDA_ENV
     shell:
         "python -m infoplane plot {input.mi} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule plot_comparison:
+    input:
+        comparison_inputs,
+    output:
+        train=report(
+            "results/{experiment}/plots/comparison_train.png",
+            caption="../report/comparison.rst",
+            category="{experiment}",
+            subcategory="comparison of presets",
+            labels={"figure": "estimators compared, train probe"},
+        ),
+        test=report(
+            "results/{experiment}/plots/comparison_test.png",
+            caption="../report/comparison.rst",
+            category="{experiment}",
+            subcategory="comparison of presets",
+            labels={"figure": "estimators compared, test probe"},
+        ),
+    params:
+        out_dir=lambda w, output: os.path.dirname(output.train),
+    log:
+        "logs/{experiment}/plot-comparison.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m infoplane plot --compare {input} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule plot_training:

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--store",
         default=None,
-        help="activation store, for presets that read activations (multivariate) when the "
+        help="activation store, for presets that read activations (multivariate, binning) when the "
         "store recorded in the cache has moved",
     )
     parser.add_argument(

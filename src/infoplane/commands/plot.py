@@ -11,7 +11,9 @@ With MI (an mi/<preset>.zarr of one run, or an experiment's stacked file), write
 information_plane.png (all layers, train and test side by side), information_plane_train.png and
 information_plane_test.png (one panel per layer plus an overview), mi_epoch.png, widths.png,
 data_processing.png and data_processing.csv. With --metrics (runs' metrics.csv files), writes
-OUT_DIR/training.png (loss and accuracy against epoch).
+OUT_DIR/training.png (loss and accuracy against epoch). With --compare (the results of several
+presets on the same runs), writes OUT_DIR/comparison_train.png and comparison_test.png: per layer,
+every preset's trajectory, normalised by its own H(X) and H(Y) (--bits: unnormalised).
 """
 
 
@@ -25,6 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("mi", nargs="?", metavar="MI", help="estimates (mi/<preset>.zarr)")
     parser.add_argument(
         "--metrics", nargs="+", metavar="CSV", default=[], help="metrics.csv of each run"
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="MI",
+        default=[],
+        help="results of several presets (mi/<preset>.zarr) to draw side by side",
+    )
+    parser.add_argument(
+        "--bits", action="store_true", help="with --compare: plot bits, not MI / H(X), MI / H(Y)"
     )
     parser.add_argument("--out-dir", required=True, metavar="OUT_DIR", help="folder for figures")
     parser.add_argument("--title", default=None, help="title of the training figure")
@@ -44,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from infoplane.errors import InputError
     from infoplane.report import plots
 
-    if args.mi is None and not args.metrics:
-        raise InputError("nothing to plot: give MI (an mi/<preset>.zarr) and/or --metrics CSV ...")
+    if args.mi is None and not args.metrics and not args.compare:
+        raise InputError(
+            "nothing to plot: give MI (an mi/<preset>.zarr), --metrics CSV ... and/or --compare "
+            "MI ..."
+        )
     if args.tol < 0:
         raise InputError(f"--tol must be >= 0 bits, got {args.tol}")
     out_dir = Path(args.out_dir)
@@ -56,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         written.append(
             plots.plot_training(args.metrics, out_dir / plots.TRAINING_FIGURE, title=args.title)
         )
+    if args.compare:
+        written += plots.plot_comparison(args.compare, out_dir, normalise=not args.bits)
     for path in written:
         print(path)
     return 0

@@ -66,6 +66,21 @@ def channel_distances(store: str | Path, split: str, row: int, layer: str) -> np
     return channel_squared_distances(values)
 
 
+def step_activations(
+    store: str | Path, split: str, row: int, layers: Sequence[str]
+) -> dict[str, Any]:
+    """One step's activations as stored: ``layers`` (one (N, ...) array per layer), ``x``, ``y``.
+
+    For estimators that work on the activations themselves (binning), not on distances.
+    """
+    reader = StoreReader(store)
+    return {
+        "layers": [np.asarray(reader.read(split, name, row)) for name in layers],
+        "x": np.asarray(reader.read(split, "x", row)),
+        "y": np.asarray(reader.read(split, "y", row), dtype=np.int64),
+    }
+
+
 def distances_task(
     store: str, out: str, split: str, row: int, index: int, layers: Sequence[str]
 ) -> list[str]:

@@ -38,16 +38,17 @@ from typing import Any
 
 import numpy as np
 
+from infoplane.core import binning, kde
 from infoplane.core.plane import LAYER_KEYS, STEP_KEYS, estimate_step, search_step
 from infoplane.core.widths import smooth_along_steps
 from infoplane.errors import StoreError, warn_nan_points
 from infoplane.estimate.cluster import client_or, run_batched
-from infoplane.estimate.distances import channel_distances, step_distances
+from infoplane.estimate.distances import channel_distances, step_activations, step_distances
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
 from infoplane.io.results import build_result, write_result
 from infoplane.io.store import PROVENANCE_KEYS, read_store_plan
-from infoplane.presets import needs_activations, preset_to_json, validate_preset
+from infoplane.presets import estimator_of, needs_activations, preset_to_json, validate_preset
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,21 @@ def estimate_step_task(
 ) -> dict[str, Any]:
     """Task: entropies, MI and diagnostics of every layer at one (split, step).
 
-    ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here.
+    ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here. The
+    preset's estimator picks the math: :mod:`infoplane.core.plane` (matrix),
+    :mod:`infoplane.core.binning` (from the activations) or :mod:`infoplane.core.kde` (from the
+    distances).
     """
+    estimator = estimator_of(preset)
+    if estimator == "binning":
+        values = step_activations(source.store, split, store_index, source.layers)
+        return binning.binning_step(
+            values["layers"], values["x"], values["y"], bins=preset["bins"],
+            value_range=preset["range"], layers=source.layers,
+        )  # fmt: skip
+    if estimator == "kde":
+        data = load_step(source, split, index)
+        return kde.kde_step(data, variance=preset["noise_variance"], layers=source.layers)
     multivariate = preset["kernel"] == "multivariate"
     data = load_step(source, split, index, layers=not multivariate)
 
@@ -397,6 +411,16 @@ def _name_failures(
         )
 
 
+def result_keys(preset: Mapping[str, Any]) -> tuple[str, ...]:
+    """The variables of a result made with ``preset``, in the order they are stored."""
+    estimator = estimator_of(preset)
+    if estimator == "binning":
+        return binning.LAYER_KEYS + binning.STEP_KEYS
+    if estimator == "kde":
+        return kde.LAYER_KEYS + kde.STEP_KEYS
+    return LAYER_KEYS + STEP_KEYS
+
+
 def _assemble(
     src: Source,
     split_steps: Mapping[str, SplitSteps],
@@ -407,12 +431,9 @@ def _assemble(
     attrs: Mapping[str, Any],
 ) -> Any:
     """The result Dataset (see :mod:`infoplane.io.results`) of every point's task result."""
+    keys = result_keys(preset)
     points = [
-        (
-            split,
-            int(split_steps[split].steps[k]),
-            {key: result[key] for key in LAYER_KEYS + STEP_KEYS},
-        )
+        (split, int(split_steps[split].steps[k]), {key: result[key] for key in keys})
         for (split, k), result in zip(where, results, strict=True)
     ]
     return build_result(

@@ -1,12 +1,37 @@
 """The estimates ``mi/<estimator>.zarr``: the one module that writes, reads and stacks them.
 
-Layout (an xarray Dataset; entropies in bits)::
+Layout (an xarray Dataset; entropies in bits). The variables depend on the preset's
+``estimator`` (:mod:`infoplane.presets`); every result has ``I_XT, I_TY, H_T, H_XT, H_TY, sigma``
+per (split, step, layer) and ``H_X, H_Y`` per (split, step), with ``I = H + H - joint H``.
+
+``matrix`` (the default; the matrix-based Rényi estimator)::
 
     dims (split, step, layer):  I_XT, I_TY, H_T, H_XT, H_TY, sigma (width used), sigma_star
                                 (per-step argmax before smoothing; NaN for other rules),
                                 clipped_mass, boundary_hit
     dims (split, step):         H_X, H_Y, sigma_x
     dims (split,):              n_samples
+
+``binning`` (:mod:`infoplane.core.binning`; plug-in Shannon entropies of the binned patterns)::
+
+    dims (split, step, layer):  I_XT (= H_T), I_TY, H_T, H_XT (= H_X), H_TY,
+                                sigma (bin width), occupied (distinct bin patterns),
+                                saturated (bool: every sample its own pattern, H_T = log2 N)
+    dims (split, step):         H_X (distinct inputs), H_Y
+    dims (split,):              n_samples
+
+``kde`` (:mod:`infoplane.core.kde`; Kolchinsky-Tracey bounds for T + N(0, s² I))::
+
+    dims (split, step, layer):  I_XT_upper, I_XT_lower (pairwise KL / Bhattacharyya bounds),
+                                I_TY_upper, I_TY_lower (the same estimators of
+                                H(T) - H(T|Y)), I_XT (= I_XT_upper), I_TY (= I_TY_upper),
+                                H_T (= I_XT), H_XT (= H_X), H_TY (= H_T + H_Y - I_TY),
+                                sigma (noise standard deviation s)
+    dims (split, step):         H_X (distinct inputs), H_Y
+    dims (split,):              n_samples
+
+Common to all::
+
     coordinates:                split, step, epoch(step), layer
     attributes:                 estimator, preset (canonical JSON), source, store, run,
                                 experiment, seed, model, dataset, infoplane_version, units,
@@ -158,7 +183,7 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
         [d.drop_vars("epoch", errors="ignore") for d in datasets],
         dim=xr.DataArray(np.array(runs, dtype=object), dims="run", name="run"),
         join="outer",
-        fill_value={"boundary_hit": False},
+        fill_value={"boundary_hit": False, "saturated": False},
         combine_attrs="drop",
         coords="minimal",
         compat="override",

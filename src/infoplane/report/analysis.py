@@ -191,6 +191,39 @@ def across_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return mean, std, count
 
 
+#: The entropy each MI is normalised by in a comparison of estimators.
+NORMALISER = {
+    "I_XT": "H_X",
+    "I_TY": "H_Y",
+    "I_XT_upper": "H_X",
+    "I_XT_lower": "H_X",
+    "I_TY_upper": "H_Y",
+    "I_TY_lower": "H_Y",
+}
+
+
+def normalised_mi(
+    mi: xr.Dataset, var: str, split: str, layers: Sequence[str], *, normalise: bool = True
+) -> np.ndarray:
+    """``var`` of ``layers`` on one split as (run, step, layer), divided by its own H(X) or H(Y).
+
+    Estimators differ in scale (the matrix estimator's H(X) depends on the input kernel's width,
+    binning's and KDE's is log2 N for distinct inputs); dividing every point by the estimate's own
+    ``H_X`` (for I(X;T)) or ``H_Y`` (for I(T;Y)) puts them on [0, 1]. ``normalise=False`` returns
+    bits.
+    """
+    mi = as_runs(mi)
+    values = np.asarray(
+        mi[var].sel(split=split, layer=list(layers)).transpose("run", "step", "layer").values,
+        dtype=float,
+    )
+    if not normalise:
+        return values
+    scale = split_values(mi, NORMALISER[var], split)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scale > 0, values / scale, np.nan)
+
+
 def hidden_layers(mi: xr.Dataset, *, last: int | None = None) -> list[str]:
     """Layers other than ``softmax``, input side first; with ``last`` only the deepest ones."""
     layers = [str(v) for v in mi["layer"].values if str(v) != "softmax"]

@@ -11,6 +11,15 @@ Subadditivity (``S(A, B) <= S(A) + S(B)``, hence ``I >= 0``) is a theorem for α
 α > 1 the matrix-based joint entropy can exceed the sum of its marginals (small counterexamples
 exist), so those two bounds are checked only when the result's preset has α <= 1.
 
+Each estimator adds the invariants of its own (the preset recorded in the result says which):
+
+- ``binning``: ``I(X;T) = H(T)`` (a deterministic network: ``H(X, T) = H(X)``), and a layer
+  flagged ``saturated`` (every sample its own bin pattern) has ``H(T) = log2 N``;
+- ``kde``: ``I_XT_upper >= I_XT_lower`` (the Kullback-Leibler bound is never below the
+  Bhattacharyya one) and ``I_XT = I_XT_upper``. Its ``I(T;Y)`` is a difference of two bounds,
+  an estimate that may be slightly negative; ``I_TY >= 0`` and ``H_TY <= H_T + H_Y`` are not
+  checked for it.
+
 Comparisons allow an absolute tolerance in bits. NaN points are not violations; they are listed
 separately.
 """
@@ -92,7 +101,11 @@ def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[V
     """
     ds = _as_dataset(result)
     tol = float(tolerance)
-    subadditive = _alpha(ds) <= 1.0
+    preset = _preset(ds)
+    estimator = preset.get("estimator", "matrix")
+    subadditive = float(preset.get("alpha", 1.0)) <= 1.0
+    # kde: I(T;Y) is a difference of two bounds, not a Shannon MI
+    subadditive_ty = subadditive and estimator != "kde"
     log2n = np.log2(_n_samples(ds))
     hx, hy, ht, hxt, hty = (ds[name] for name in _ENTROPIES)
     checks = []
@@ -102,18 +115,19 @@ def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[V
     for joint, a, b, label in ((hxt, hx, ht, "XT"), (hty, ht, hy, "TY")):
         low = np.maximum(a, b)
         checks.append((joint < low - tol, joint, low, f"H_{label} >= max of its marginals"))
-        if subadditive:
+        if subadditive if label == "XT" else subadditive_ty:
             checks.append((joint > a + b + tol, joint, a + b, f"H_{label} <= sum of marginals"))
     for mi, a, b, joint, label in (
         (ds["I_XT"], hx, ht, hxt, "I_XT"),
         (ds["I_TY"], ht, hy, hty, "I_TY"),
     ):
         top = np.minimum(a, b)
-        if subadditive:
+        if subadditive if label == "I_XT" else subadditive_ty:
             checks.append((mi < -tol, mi, 0.0, f"{label} >= 0"))
         checks.append((mi > top + tol, mi, top, f"{label} <= min of the entropies"))
         identity = a + b - joint
         checks.append((abs(mi - identity) > tol, mi, identity, f"{label} = H + H - joint H"))
+    checks += _estimator_checks(ds, estimator, log2n, tol)
     import xarray as xr
 
     violations = []
@@ -123,12 +137,29 @@ def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[V
     return violations
 
 
-def _alpha(result: Any) -> float:
-    """The Rényi order of the result's preset (1.0 when the result does not record one)."""
+def _estimator_checks(ds: Any, estimator: str, log2n: Any, tol: float) -> list:
+    """The invariants of one estimator (see the module docstring)."""
+    checks = []
+    if estimator == "binning":
+        mi, ht = ds["I_XT"], ds["H_T"]
+        checks.append((abs(mi - ht) > tol, mi, ht, "binning: I_XT = H_T"))
+        if "saturated" in ds:
+            flagged = ds["saturated"].fillna(False).astype(bool)
+            off = flagged & (abs(ht - log2n) > tol)
+            checks.append((off, ht, log2n + 0 * ht, "binning: saturated means H_T = log2 N"))
+    if estimator == "kde" and "I_XT_upper" in ds and "I_XT_lower" in ds:
+        upper, lower = ds["I_XT_upper"], ds["I_XT_lower"]
+        checks.append((upper < lower - tol, upper, lower, "kde: I_XT_upper >= I_XT_lower"))
+        checks.append((abs(ds["I_XT"] - upper) > tol, ds["I_XT"], upper, "kde: I_XT = upper"))
+    return checks
+
+
+def _preset(result: Any) -> dict[str, Any]:
+    """The result's preset mapping (empty when the result does not record one)."""
     preset = result.attrs.get("preset") or {}
     if isinstance(preset, str):
         preset = json.loads(preset)
-    return float(preset.get("alpha", 1.0))
+    return dict(preset)
 
 
 def nan_points(result: Any) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from infoplane.report.analysis import (
     data_processing_table,
     epochs,
     load_metrics,
+    normalised_mi,
     require_variables,
     select_splits,
     split_values,
@@ -58,6 +59,8 @@ ESTIMATE_FIGURES = (
 )
 #: Table of the data-processing shares written beside the figures.
 DATA_PROCESSING_TABLE = "data_processing.csv"
+#: File names :func:`plot_comparison` writes (one per split).
+COMPARISON_FIGURES = {"train": "comparison_train.png", "test": "comparison_test.png"}
 #: File name :func:`plot_training` writes by default.
 TRAINING_FIGURE = "training.png"
 
@@ -548,6 +551,112 @@ def data_processing_figure(
     return fig
 
 
+def _preset_colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def comparison_figure(
+    results: Mapping[str, xr.Dataset], split: str = "train", *, normalise: bool = True
+) -> Figure:
+    """Several presets' estimates of the same runs, per layer: one colour per preset.
+
+    Top row: the information plane of every layer (mean path over runs; an open circle marks the
+    first capture, a filled square the last). Bottom row: I(X;T) against epoch (mean and ±1 std
+    band over runs). With ``normalise`` (default) every MI is divided by the estimate's own H(X)
+    or H(Y) (see :func:`infoplane.report.analysis.normalised_mi`), so that estimators of
+    different scales share the axes. Presets that give bounds (``kde``) draw their lower bound
+    dashed.
+
+    Parameters
+    ----------
+    results
+        ``preset name -> result`` (Datasets of the same runs; stacked or one run each).
+    split
+        The probe to show.
+    normalise
+        Divide by H(X) and H(Y); False plots bits.
+    """
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    if not results:
+        raise InputError("nothing to compare: give the results of at least one preset")
+    results = {name: as_runs(mi) for name, mi in results.items()}
+    for name, mi in results.items():
+        require_variables(mi, ["I_XT", "I_TY", "H_X", "H_Y"])
+        if split not in [str(s) for s in mi["split"].values]:
+            raise InputError(f"split {split!r} is not in the estimates of {name!r}")
+    first = next(iter(results.values()))
+    layers = [str(v) for v in first["layer"].values]
+    for mi in results.values():
+        present = {str(v) for v in mi["layer"].values}
+        layers = [layer for layer in layers if layer in present]
+    if not layers:
+        raise InputError("the results to compare have no layer in common")
+    colors = _preset_colors(len(results))
+    unit = "/ H(X)" if normalise else "[bits]"
+    with _style():
+        fig = _new_figure(2.7 * len(layers) + 1.8, 5.6)
+        axes = fig.subplots(2, len(layers), squeeze=False)
+        for mi, color in zip(results.values(), colors, strict=True):
+            epoch = epochs(mi)
+            order = np.argsort(epoch, kind="stable")
+            pairs = [("I_XT", "I_TY", "-")]
+            if "I_XT_lower" in mi and "I_TY_lower" in mi:
+                pairs.append(("I_XT_lower", "I_TY_lower", "--"))
+            for x_var, y_var, style in pairs:
+                x = normalised_mi(mi, x_var, split, layers, normalise=normalise)[:, order]
+                y = normalised_mi(mi, y_var, split, layers, normalise=normalise)[:, order]
+                for k in range(len(layers)):
+                    xm, ym = across_runs(x[..., k])[0], across_runs(y[..., k])[0]
+                    ok = np.isfinite(xm) & np.isfinite(ym)
+                    ax = axes[0, k]
+                    ax.plot(xm[ok], ym[ok], color=color, lw=1.1, ls=style, zorder=3)
+                    if ok.any() and style == "-":
+                        ends = np.flatnonzero(ok)[[0, -1]]
+                        ax.scatter(xm[ends[0]], ym[ends[0]], s=22, facecolors="none",
+                                   edgecolors=[color], zorder=4)  # fmt: skip
+                        ax.scatter(xm[ends[1]], ym[ends[1]], s=18, marker="s", color=color,
+                                   zorder=4)  # fmt: skip
+                    ax_t = axes[1, k]
+                    if style == "-":
+                        _band(ax_t, epoch[order], x[..., k], color)
+                    else:
+                        ax_t.plot(epoch[order], xm, color=color, lw=1.0, ls=style, zorder=3)
+        for k, layer in enumerate(layers):
+            axes[0, k].set_title(f"layer {k + 1}: {layer}")
+            axes[0, k].set_xlabel(f"I(X;T) {unit}")
+            axes[1, k].set_xlabel("epoch")
+            axes[1, k].set_xscale("symlog", linthresh=0.1, linscale=0.5)
+            if normalise:
+                axes[0, k].set_xlim(-0.03, 1.03)
+                axes[0, k].set_ylim(-0.03, 1.03)
+                axes[1, k].set_ylim(-0.03, 1.03)
+        axes[0, 0].set_ylabel("I(T;Y) / H(Y)" if normalise else BITS_TY)
+        axes[1, 0].set_ylabel(f"I(X;T) {unit}")
+        handles = [
+            Line2D([], [], color=c, lw=1.5, label=name)
+            for c, name in zip(colors, results, strict=True)
+        ]
+        if any("I_XT_lower" in mi for mi in results.values()):
+            handles.append(Line2D([], [], color="0.3", lw=1.0, ls="--", label="lower bound"))
+        handles.append(
+            Line2D([], [], ls="none", marker="o", mfc="none", color="0.3", label="first capture")
+        )
+        handles.append(Line2D([], [], ls="none", marker="s", color="0.3", label="last capture"))
+        fig.legend(handles=handles, loc="outside right upper", title="preset")
+        experiment = first.attrs.get("experiment")
+        runs = first.sizes.get("run", 1)
+        head = f"Estimators compared, {split} probe"
+        fig.suptitle(
+            f"{head} — {experiment} ({runs} run{'s' if runs != 1 else ''})" if experiment else head
+        )
+    return fig
+
+
 def training_figure(metrics: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Loss and accuracy against epoch, train and test, mean and ±1 std band over runs."""
     import numpy as np
@@ -622,6 +731,35 @@ def plot_estimates(
     with replacing(table_path) as tmp:
         data_processing_table(shares).to_csv(tmp, index=False, float_format="%.6g")
     written.append(table_path)
+    return written
+
+
+def plot_comparison(
+    sources: Sequence[xr.Dataset | str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    splits: Sequence[str] = ("train", "test"),
+    normalise: bool = True,
+) -> list[Path]:
+    """Write :func:`comparison_figure` of the given results, one file per split.
+
+    Each result is named by its ``estimator`` attribute (the preset name); the files are those of
+    :data:`COMPARISON_FIGURES`.
+    """
+    results: dict[str, Any] = {}
+    for source in sources:
+        mi = source if hasattr(source, "data_vars") else open_result(source)
+        name = str(mi.attrs.get("estimator") or f"result {len(results) + 1}")
+        if name in results:
+            raise InputError(f"two results to compare are both named {name!r}")
+        results[name] = mi
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in splits:
+        fig = comparison_figure(results, split, normalise=normalise)
+        name = COMPARISON_FIGURES.get(split, f"comparison_{split}.png")
+        written.append(save_figure(fig, out_dir / name))
     return written
 
 
