@@ -35,6 +35,10 @@ class TrainingError(InfoplaneError):
     """Training failed (diverged loss, a capture hook misbehaved, ...)."""
 
 
+class BusyError(InfoplaneError):
+    """Another process is writing the same output (it holds the output's lock)."""
+
+
 class NaNPointWarning(UserWarning):
     """Some (run, split, step, layer) points could not be estimated (NaN/Inf activations): NaN."""
 

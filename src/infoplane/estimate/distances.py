@@ -23,6 +23,7 @@ from infoplane.core.distances import (
 from infoplane.errors import warn_nan_points
 from infoplane.estimate.cluster import client_or, run_tasks
 from infoplane.io import cache
+from infoplane.io.files import exclusive
 from infoplane.io.store import StoreReader, read_store_plan
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,27 @@ def compute_distances(
         ``computed`` and ``skipped`` step counts and the ``nonfinite`` points
         ``(split, step, layer)``.
     """
+    # a second writer of the same cache fails here, before it touches it
+    with exclusive(out):
+        return _compute_distances(
+            store, Path(out), splits=splits, overwrite=overwrite, client=client, workers=workers,
+            scheduler_address=scheduler_address, cluster_config=cluster_config,
+        )  # fmt: skip
+
+
+def _compute_distances(
+    store: str | Path,
+    out: Path,
+    *,
+    splits: Sequence[str] | None,
+    overwrite: bool,
+    client: Any,
+    workers: int | None,
+    scheduler_address: str | None,
+    cluster_config: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """:func:`compute_distances` with the lock of ``out`` held."""
     plan = read_store_plan(store, splits)
-    out = Path(out)
     if out.exists() and overwrite:
         shutil.rmtree(out)
     if out.exists():

@@ -29,6 +29,7 @@ arrays through :mod:`infoplane.io.cache` or :mod:`infoplane.io.store` and call i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ from infoplane.estimate.cluster import client_or, run_batched
 from infoplane.estimate.distances import channel_distances, step_distances
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
+from infoplane.io.files import exclusive
 from infoplane.io.results import build_result, write_result
 from infoplane.io.store import PROVENANCE_KEYS, read_store_plan
 from infoplane.presets import needs_activations, preset_to_json, validate_preset
@@ -301,6 +303,31 @@ def estimate(
         The result, in memory.
     """
     preset = validate_preset(preset, name)
+    # the lock of ``out`` is held from the start: a second estimate to the same result fails
+    # before it computes anything
+    with exclusive(out) if out is not None else contextlib.nullcontext():
+        return _estimate(
+            source, preset, name=name, out=out, store=store, splits=splits, client=client,
+            workers=workers, scheduler_address=scheduler_address,
+            cluster_config=cluster_config, keep_widths=keep_widths,
+        )  # fmt: skip
+
+
+def _estimate(
+    source: str | Path,
+    preset: Mapping[str, Any],
+    *,
+    name: str,
+    out: str | Path | None,
+    store: str | Path | None,
+    splits: Sequence[str] | None,
+    client: Any,
+    workers: int | None,
+    scheduler_address: str | None,
+    cluster_config: Mapping[str, Any] | None,
+    keep_widths: bool,
+) -> Any:
+    """:func:`estimate` with the lock of ``out`` held."""
     src, split_steps, attrs = plan_source(
         source, store=store, splits=splits, needs_store=needs_activations(preset)
     )

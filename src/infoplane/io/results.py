@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from infoplane.errors import InputError, StoreError
-from infoplane.io.files import replacing
+from infoplane.io.files import exclusive, replacing
 
 
 def build_result(
@@ -89,10 +89,14 @@ def build_result(
 
 
 def write_result(dataset: Any, out: str | Path) -> None:
-    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete."""
+    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete.
+
+    Holds the lock of ``out`` (:func:`infoplane.io.files.exclusive`): a concurrent writer of the
+    same result fails with BusyError instead of mixing its files with these.
+    """
     import warnings
 
-    with replacing(out) as tmp, warnings.catch_warnings():
+    with exclusive(out), replacing(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
         dataset.to_zarr(str(tmp), mode="w", consolidated=True)
 
