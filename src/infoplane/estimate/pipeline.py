@@ -78,8 +78,13 @@ class SplitSteps:
     n_samples: int
 
 
-def _store_rows(store: str | Path, split_steps: Mapping[str, SplitSteps]) -> dict[str, np.ndarray]:
-    """Positions of the cached steps on the store's step axis; every one must be captured."""
+def _store_rows(
+    store: str | Path, split_steps: Mapping[str, SplitSteps], cache_path: str | Path
+) -> dict[str, np.ndarray]:
+    """Positions of the cached steps on the store's step axis; every one must be captured.
+
+    The store must be the one the cache was computed from (:func:`cache.check_store`).
+    """
     plan = read_store_plan(store, list(split_steps))
     rows = {}
     for name, split in split_steps.items():
@@ -93,6 +98,7 @@ def _store_rows(store: str | Path, split_steps: Mapping[str, SplitSteps]) -> dic
                 f"store {plan.path}, split {name}: cached steps {lost[:10]} are not captured"
             )
         rows[name] = np.array([position[int(s)] for s in split.steps], dtype=np.int64)
+    cache.check_store(cache_path, plan, rows)
     return rows
 
 
@@ -139,7 +145,7 @@ def plan_source(
                 f"this estimator reads the activations, but the store {store_path} recorded in "
                 f"{source} does not exist; pass --store STORE"
             )
-        rows = _store_rows(store_path, steps)
+        rows = _store_rows(store_path, steps, source)
         steps = {
             name: SplitSteps(s.split, s.steps, s.epochs, s.index, rows[name], s.n_samples)
             for name, s in steps.items()
