@@ -38,7 +38,8 @@ def run(built, tmp_path) -> Path:
 
 
 def chunk(run: Path, name: str, step_index: int = 1, split: str = "train") -> Path:
-    key = "/".join([str(step_index)] + ["0"] * {"d2": 3, "d2_x": 2, "y": 1, "nonfinite": 1}.get(name, 0))
+    rest = {"d2": 3, "d2_x": 2, "y": 1, "nonfinite": 1}[name]
+    key = "/".join([str(step_index)] + ["0"] * rest)
     path = run / "distances.zarr" / split / name / "c" / key
     assert path.is_file(), path
     return path

@@ -130,7 +130,7 @@ def plan_source(
         }
         dims = tuple(plan.dims[name] for name in plan.layers)
         src = Source("store", plan.path, plan.path, tuple(plan.layers), dims, plan.input_dim)
-        return src, steps, dict(plan.attrs)
+        return src, steps, {**plan.attrs, "store_attrs_sha256": plan.fingerprint}
 
     cached = cache.read_cache_plan(source, splits)
     steps = {
@@ -457,6 +457,7 @@ def _assemble(
             "preset": preset_to_json(preset),
             "source": src.path,
             "store": src.store or attrs.get("store") or "",
+            "store_attrs_sha256": attrs.get("store_attrs_sha256") or "",
         },
         provenance={key: attrs.get(key) for key in PROVENANCE_KEYS},
     )

@@ -2,7 +2,7 @@
 
 Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xarray)::
 
-    attrs: kind, cache_schema_version (2), store (source store path), store_attrs_sha256
+    attrs: kind, cache_schema_version (2), cache_id, store (source store path), store_attrs_sha256
            (digest of the store's root attributes, checked when a cache is resumed and when an
            estimate reads the store beside the cache), infoplane_version, layers, run,
            experiment, splits
@@ -27,7 +27,9 @@ read, with the same chunk-file checks; its decode errors cannot tell a bit flip,
 (``infoplane distances STORE --out CACHE --overwrite``) to get the checksums.
     widths/<split>-<key>/    optional: the result of an alignment width search run on these
       sigma_star(step, layer) float64, boundary_hit(step, layer) bool, step(step) int64;
-      attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures
+      attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures,
+      cache_id (the root's ``cache_id``, a random id drawn when the cache is created: kept
+      widths of another cache, copied in or left over, are ignored and searched again)
 
 :func:`create_cache` pre-allocates every array for the store's captured steps; one task per
 (split, step) writes its own region with :func:`write_step`, which sets ``done`` last. Every
@@ -47,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +131,7 @@ def _cache_attrs(plan: StorePlan) -> dict[str, Any]:
         "cache_schema_version": CACHE_SCHEMA_VERSION,
         "store": plan.path,
         "store_attrs_sha256": plan.fingerprint,
+        "cache_id": uuid.uuid4().hex,
         "infoplane_version": __version__,
         "layers": list(plan.layers),
         "splits": list(plan.splits),
@@ -190,16 +194,14 @@ def create_cache(path: str | Path, plan: StorePlan) -> None:
 
 def write_step(cache: str | Path, split: str, index: int, values: Mapping[str, Any]) -> None:
     """Write step ``index`` of ``split``: every array of :data:`STEP_VARIABLES`, then ``done``."""
-    import zarr
-
+    group = _open_group(cache, mode="r+")[split]
     # every chunk is written, even one that equals the fill value (all-NaN distances of a
     # diverged layer, labels all 0): a reader can then tell a missing chunk from such data
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        group = _open_group(cache, mode="r+")[split]
-        for name in STEP_VARIABLES:
-            group[name][index] = values[name]
+    # (per array: zarr's global config is shared by the threads of a worker)
+    for name in (*STEP_VARIABLES, "done"):
+        array = group[name].with_config({"write_empty_chunks": True})
         # last: a step counts as cached only once every variable of it is on disk
-        group["done"][index] = True
+        array[index] = True if name == "done" else values[name]
 
 
 def check_compatible(path: str | Path, plan: StorePlan) -> None:
@@ -358,6 +360,7 @@ def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> Ca
         dim_x = int(group["dim_x"][...])
     keep = {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
     keep["store"] = attrs.get("store")
+    keep["store_attrs_sha256"] = attrs.get("store_attrs_sha256")
     return CachePlan(
         str(path.resolve()), str(attrs.get("store", "")), tuple(attrs["layers"]), dims, dim_x,
         found, keep,
@@ -584,6 +587,15 @@ def read_cached_widths(
     try:
         group = zarr.open_group(str(entry), mode="r", use_consolidated=False)
         attrs = dict(group.attrs)
+        owner = open_cache_root(cache).attrs.get("cache_id")
+        if attrs.get("cache_id") != owner:
+            log.warning(
+                "ignoring the kept widths %s: they were searched on another distance cache "
+                "(cache_id %s, this cache's is %s; copied or left from an earlier cache); "
+                "searching again",
+                entry, attrs.get("cache_id"), owner,
+            )  # fmt: skip
+            return None
         same = (
             attrs.get("search") == dict(search)
             and attrs.get("infoplane_version") == __version__
@@ -631,6 +643,8 @@ def write_cached_widths(
                     "search": dict(search),
                     "layers": list(layers),
                     "infoplane_version": __version__,
+                    # the cache the widths were searched on: a recreated cache has another
+                    "cache_id": open_cache_root(cache).attrs.get("cache_id"),
                     "failures": [[int(k), layer, why] for k, layer, why in widths.failures],
                 }
             )

@@ -8,9 +8,10 @@ Layout (an xarray Dataset; entropies in bits)::
     dims (split, step):         H_X, H_Y, sigma_x
     dims (split,):              n_samples
     coordinates:                split, step, epoch(step), layer
-    attributes:                 estimator, preset (canonical JSON), source, store, run,
-                                experiment, seed, model, dataset, infoplane_version, units,
-                                nan_points (JSON list of [split, step, layer, reason], when any)
+    attributes:                 estimator, preset (canonical JSON), source, store,
+                                store_attrs_sha256 (the store's fingerprint), run, experiment,
+                                seed, model, dataset, infoplane_version, units, nan_points (JSON
+                                list of [split, step, layer, reason], when any)
 
 A stacked, experiment-level file adds a leading ``run`` dimension and the attributes ``runs`` and
 ``sources``.
@@ -137,7 +138,8 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
     Raises
     ------
     StoreError
-        The results were made with different presets, or run names repeat.
+        The results were made with different presets, belong to different experiments, have
+        different layers, come from the same store twice, or run names repeat.
     """
     import xarray as xr
 
@@ -154,6 +156,29 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
             f"cannot stack results of different estimator presets ({', '.join(names)}); "
             "stack the results of one preset at a time"
         )
+    experiments = {d.attrs.get("experiment") for d in datasets}
+    if len(experiments) > 1:
+        raise StoreError(
+            "cannot stack results of different experiments "
+            f"({', '.join(sorted(map(str, experiments)))}); stack the runs of one experiment"
+        )
+    layer_sets = {tuple(map(str, d["layer"].values)) for d in datasets if "layer" in d.coords}
+    if len(layer_sets) > 1:
+        raise StoreError(
+            "cannot stack results with different layers "
+            f"({' | '.join(map(', '.join, sorted(layer_sets)))}); estimate every run from "
+            "stores of the same model and capture settings"
+        )
+    seen: dict[str, int] = {}
+    for k, d in enumerate(datasets):
+        key = d.attrs.get("store_attrs_sha256") or ""
+        if key and key in seen:
+            raise StoreError(
+                f"results {seen[key]} and {k} ({d.attrs.get('source')}) were estimated from the "
+                f"same store (run {d.attrs.get('run')!r}): a run would be counted twice; pass "
+                "each run's result once"
+            )
+        seen[key] = k
     if len(runs) != len(datasets) or len(set(runs)) != len(runs):
         raise StoreError(
             f"run names must be unique, one per result; got {runs} (pass --runs / runs=...)"
@@ -183,7 +208,6 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
         "infoplane_version": first.get("infoplane_version", ""),
         "units": "bits",
     }
-    experiments = {d.attrs.get("experiment") for d in datasets}
     if len(experiments) == 1 and None not in experiments:
         stacked.attrs["experiment"] = experiments.pop()
     return stacked
