@@ -339,6 +339,15 @@ def _check_structure(
             "rewrite it with the training iteration of every scheduled step"
         )
         return False
+    if "epoch" in present:
+        try:
+            present["epoch"][:]
+        except Exception as exc:  # zarr raises several types for a damaged chunk
+            found.error(
+                f"split {split!r}, variable 'epoch': cannot be read ({type(exc).__name__}: "
+                f"{exc}); it is truncated or corrupt: rewrite it with the epoch of every "
+                "scheduled step (or restore the store from a copy)"
+            )
     bad = np.flatnonzero(np.diff(steps) <= 0)
     if bad.size:
         k = int(bad[0])
@@ -628,6 +637,22 @@ def _check_captured_chunks(
             )
 
 
+def _check_metadata_files(path: Path, split: str, found: _Findings) -> bool:
+    """Every ``zarr.json`` of the split group and its arrays must parse; False when one does not."""
+    folder = path / split
+    for meta in [folder / "zarr.json", *sorted(folder.glob("*/zarr.json"))]:
+        try:
+            json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            found.error(
+                f"split {split!r}: the metadata file {meta.relative_to(path)} cannot be read "
+                f"({type(exc).__name__}: {exc}); it is truncated or corrupt: restore it from a "
+                "copy, or rewrite the store"
+            )
+            return False
+    return True
+
+
 def _open_for_check(path: Path, found: _Findings) -> zarr.Group | None:
     if not (path / "zarr.json").is_file() and (path / ".zgroup").is_file():
         found.error(
@@ -671,7 +696,9 @@ def validate_store(path: str | os.PathLike) -> StoreReport:
         return found.report()
     p = str(path)
     splits = splits_of(root)
-    layers = _check_root(root, splits, p, found)
+    # a split whose metadata zarr cannot parse is reported and left out of the other checks
+    readable = [split for split in splits if _check_metadata_files(path, split, found)]
+    layers = _check_root(root, readable, p, found)
     if not splits:
         found.error(
             f"no split group; write each probe split as its own group, some of {list(SPLITS)} "
@@ -687,7 +714,7 @@ def validate_store(path: str | os.PathLike) -> StoreReport:
         return found.report()  # the variables to check are not known
     written_by_infoplane = "infoplane_version" in root.attrs
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-    for split in splits:
+    for split in readable:
         group = root[split]
         if not _check_structure(group, split, layers, found):
             continue  # the other checks assume the layout is right
