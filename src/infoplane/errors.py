@@ -6,6 +6,7 @@ Every error a user can cause derives from :class:`InfoplaneError`; messages name
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 from collections.abc import Sequence
@@ -37,6 +38,21 @@ class TrainingError(InfoplaneError):
 
 class BusyError(InfoplaneError):
     """Another process is writing the same output (it holds the output's lock)."""
+
+
+def describe_os_error(exc: OSError, kept: str = "finished work is kept") -> str:
+    """A user's message for an OSError of the disk: which file, why, what is kept, what to do."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    why = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = "the disk is full (or over quota): free space, then run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "the file or its folder is not writable: fix the permissions or choose another path"
+    else:
+        fix = "check the path and the disk, then run the command again"
+    return f"cannot write or read {where} ({why}); {fix}; {kept}"
 
 
 class NaNPointWarning(UserWarning):

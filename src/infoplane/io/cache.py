@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from infoplane.errors import StoreError
+from infoplane.errors import StoreError, describe_os_error
 from infoplane.io.files import digest, replacing
 from infoplane.io.store import PROVENANCE_KEYS, SPLITS, StorePlan
 from infoplane.io.store.layout import chunk_files
@@ -198,10 +198,19 @@ def write_step(cache: str | Path, split: str, index: int, values: Mapping[str, A
     # every chunk is written, even one that equals the fill value (all-NaN distances of a
     # diverged layer, labels all 0): a reader can then tell a missing chunk from such data
     # (per array: zarr's global config is shared by the threads of a worker)
-    for name in (*STEP_VARIABLES, "done"):
-        array = group[name].with_config({"write_empty_chunks": True})
-        # last: a step counts as cached only once every variable of it is on disk
-        array[index] = True if name == "done" else values[name]
+    try:
+        for name in (*STEP_VARIABLES, "done"):
+            array = group[name].with_config({"write_empty_chunks": True})
+            # last: a step counts as cached only once every variable of it is on disk
+            array[index] = True if name == "done" else values[name]
+    except OSError as exc:
+        step = int(np.asarray(group["step"][index]))
+        raise StoreError(
+            f"distance cache {cache}, split {split!r}, step {step}: "
+            + describe_os_error(
+                exc, "the steps finished before are kept (marked done) and a rerun resumes"
+            )
+        ) from None
 
 
 def check_compatible(path: str | Path, plan: StorePlan) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from infoplane.errors import InputError, StoreError
+from infoplane.errors import InputError, StoreError, describe_os_error
 from infoplane.io.files import exclusive, replacing
 
 
@@ -97,9 +97,15 @@ def write_result(dataset: Any, out: str | Path) -> None:
     """
     import warnings
 
-    with exclusive(out), replacing(out) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
-        dataset.to_zarr(str(tmp), mode="w", consolidated=True)
+    try:
+        with exclusive(out), replacing(out) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
+            dataset.to_zarr(str(tmp), mode="w", consolidated=True)
+    except OSError as exc:
+        raise StoreError(
+            f"result {out}: "
+            + describe_os_error(exc, f"{out} is unchanged (the old result, if any, is kept)")
+        ) from None
 
 
 def open_result(path: str | Path) -> Any:

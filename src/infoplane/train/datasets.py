@@ -880,6 +880,13 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
     import zipfile
 
     try:
+        # numpy reads a file that is neither a zip nor an .npy as a pickle, and refuses it as
+        # "object data": say what it is instead
+        if file.is_file() and not zipfile.is_zipfile(file):
+            raise DataError(
+                f"{file} is not a .npz file (not a zip archive); write it with numpy.savez or "
+                "numpy.savez_compressed"
+            )
         with np.load(file, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except FileNotFoundError:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from infoplane.config import resolve_experiment, seed_from_run
-from infoplane.errors import ConfigError, StoreError, TrainingError
+from infoplane.errors import ConfigError, StoreError, TrainingError, describe_os_error
 from infoplane.io.files import canonical_json, exclusive, write_bytes_atomically
 from infoplane.io.store import SPLITS, StoreReader, create_store, open_writer
 from infoplane.train.schedule import capture_steps, epochs_of, iterations_per_epoch
@@ -804,10 +804,17 @@ def train_run(
         locks.enter_context(exclusive(final_store, what="training into"))
         if train_dir != final_store.parent:
             locks.enter_context(exclusive(train_dir, what="training in"))
-        return _train_run(
-            settings, run=run, final_store=final_store, train_dir=train_dir, progress=progress,
-            device=device, restart=restart, work_dir=work_dir,
-        )  # fmt: skip
+        try:
+            return _train_run(
+                settings, run=run, final_store=final_store, train_dir=train_dir,
+                progress=progress, device=device, restart=restart, work_dir=work_dir,
+            )  # fmt: skip
+        except OSError as exc:
+            kept = (
+                f"the captured steps of {train_dir / final_store.name} and the last checkpoint "
+                "(written after every epoch) are kept, and the same command resumes from them"
+            )
+            raise TrainingError(f"training {final_store}: {describe_os_error(exc, kept)}") from None
 
 
 def _train_run(
