@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -186,6 +187,11 @@ def _reference_problems(config: Mapping) -> list[str]:
                 problems.append(
                     f"experiments.{name}.model.{key}: not an option of model {model['name']}; "
                     f"its options: {', '.join(('activation', *allowed))}"
+                )
+        for option, value in experiment["training"].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(
+                    f"experiments.{name}.training.{option}: {value} is not a finite number"
                 )
         schedule = experiment["capture"]["schedule"]
         used = {"every": "every", "log": "points", "list": "steps"}.get(schedule["kind"])
