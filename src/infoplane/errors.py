@@ -66,15 +66,13 @@ def warn_nan_points(
     stage: str,
     reason: str = "non-finite activations (NaN/Inf, a diverged run?)",
     limit: int = 20,
+    consequence: str = "these points are NaN in the results",
 ) -> None:
     """One warning (and log line) naming every (run, split, step, layer) point left NaN."""
     named = [f"(run {run}, split {s}, step {t}, layer {layer})" for s, t, layer in points]
     shown = ", ".join(named[:limit])
     if len(named) > limit:
         shown += f" and {len(named) - limit} more"
-    message = (
-        f"{stage}: {reason} at {shown}; these points are NaN in the results, "
-        "the others are computed normally"
-    )
+    message = f"{stage}: {reason} at {shown}; {consequence}, the others are computed normally"
     logging.getLogger("infoplane").warning(message)
     warnings.warn(message, NaNPointWarning, stacklevel=3)

@@ -383,6 +383,8 @@ def _estimate(
             result["boundary_hit"] = widths[split_name].boundary_hit[k]
     dataset = _assemble(src, split_steps, where, results, preset, name, attrs)
     _name_failures(dataset, failures, run=attrs.get("run"), stage=f"estimate {name}")
+    if widths is not None and rule.get("smoothing", 0.0) > 0:
+        _flag_smoothed_across_nan(dataset, widths, split_steps, src.layers, run=attrs.get("run"))
     if out is not None:
         write_result(dataset, out)
     return dataset
@@ -414,6 +416,42 @@ def _layer_widths(
         )
         for split, found in widths.items()
     }
+
+
+def _flag_smoothed_across_nan(
+    dataset: Any,
+    widths: Mapping[str, AlignmentWidths],
+    split_steps: Mapping[str, SplitSteps],
+    layers: Sequence[str],
+    *,
+    run: Any,
+) -> None:
+    """Flag the smoothed widths that average across a NaN point of their layer.
+
+    The smoothing skips a NaN point (it neither restarts nor poisons the average), so every
+    later step of that split and layer has a width that differs from the one an estimable point
+    would have given. Those (split, step, layer) are listed in ``attrs["smoothed_across_nan"]``
+    and named in a warning; their values are kept.
+    """
+    flagged = []
+    for split, found in widths.items():
+        steps = split_steps[split].steps
+        for k, layer in enumerate(layers):
+            bad = ~np.isfinite(found.sigma_star[:, k])
+            if not bad.any():
+                continue
+            after = np.arange(len(steps)) > np.flatnonzero(bad)[0]
+            flagged += [(split, int(steps[t]), layer) for t in np.flatnonzero(after & ~bad)]
+    if not flagged:
+        return
+    dataset.attrs["smoothed_across_nan"] = json.dumps([list(p) for p in flagged])
+    warn_nan_points(
+        run,
+        flagged,
+        stage="estimate",
+        reason="the smoothed width averages across an earlier NaN point of the layer",
+        consequence="these points are computed with it and listed in attrs['smoothed_across_nan']",
+    )
 
 
 def _name_failures(

@@ -11,7 +11,9 @@ Layout (an xarray Dataset; entropies in bits)::
     attributes:                 estimator, preset (canonical JSON), source, store,
                                 store_attrs_sha256 (the store's fingerprint), run, experiment,
                                 seed, model, dataset, infoplane_version, units, nan_points (JSON
-                                list of [split, step, layer, reason], when any)
+                                list of [split, step, layer, reason], when any),
+                                smoothed_across_nan (JSON list of [split, step, layer] whose
+                                smoothed width skipped an earlier NaN point of the layer)
 
 A stacked, experiment-level file adds a leading ``run`` dimension and the attributes ``runs`` and
 ``sources``.
