@@ -131,3 +131,39 @@ def test_negative_labels_stop_distances_and_estimate(run, tmp_path, client):
     values[2] = labels
     with pytest.raises(StoreError, match=r"split 'test', step 20 .*negative label"):
         cache.read_step(run / "distances.zarr", "test", 2)
+
+
+@pytest.mark.parametrize("name", ["done", "step", "epoch"])
+@pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
+def test_damaged_cache_metadata_arrays_are_errors_not_tracebacks(run, name, damage, capsys):
+    path = run / "distances.zarr" / "train" / name / "c" / "0"
+    if damage == "delete":
+        path.unlink()
+    else:
+        data = bytearray(path.read_bytes())
+        if damage == "truncate":
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 2] ^= 0x20
+        path.write_bytes(bytes(data))
+    code = main(
+        ["estimate", str(run / "distances.zarr"), "--estimator", "silverman",
+         "--out", str(run / "mi.zarr"), "--workers", "1"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert "split 'train'" in err or "split train" in err
+    assert not (run / "mi.zarr").exists()
+
+
+def test_store_info_and_a_lost_step_chunk_of_a_store(run, capsys):
+    store = run / "activations.zarr"
+    meta = store / "train" / "fc" / "zarr.json"
+    saved = meta.read_text()
+    meta.write_text(saved[:-30])
+    assert main(["store", "info", str(store)]) == 1
+    assert "train/fc/zarr.json cannot be read" in capsys.readouterr().err
+    meta.write_text(saved)
+    (store / "train" / "step" / "c" / "0").unlink()  # steps read as the fill value
+    with pytest.raises(StoreError, match=r"split 'train': the captured steps .* not distinct"):
+        compute_distances(store, run / "again.zarr", workers=1)

@@ -170,7 +170,8 @@ def create_cache(path: str | Path, plan: StorePlan) -> None:
             raw = {"compressors": (Crc32cCodec(),)}
             packed = {"compressors": (ZstdCodec(), Crc32cCodec())}
             encoding = {"d2": raw, "d2_x": raw}
-            encoding.update({name: packed for name in ("y", "nonfinite", "nonfinite_x", "done")})
+            names = ("y", "nonfinite", "nonfinite_x", "done", "step", "epoch")
+            encoding.update({name: packed for name in names})
             _split_template(plan, split, index.get(split)).to_zarr(
                 str(tmp),
                 group=split,
@@ -178,6 +179,7 @@ def create_cache(path: str | Path, plan: StorePlan) -> None:
                 compute=False,
                 consolidated=False,
                 encoding=encoding,
+                write_empty_chunks=True,  # the coordinates (step 0 alone equals the fill value)
             )
         # unwritten steps must read as missing, not as zero distances
         for split in plan.splits:
@@ -229,7 +231,7 @@ def check_compatible(path: str | Path, plan: StorePlan) -> None:
         if name not in root:
             problems.append(f"split {name} missing")
             continue
-        steps = np.asarray(root[name]["step"][...])
+        steps = _read_meta(root, name, "step", path)
         if not np.array_equal(steps, split.steps):
             problems.append(f"split {name}: cached steps differ from the store's captured steps")
         if root[name]["y"].shape[1] != split.n_samples:
@@ -307,9 +309,36 @@ def is_distance_cache(path: str | Path) -> bool:
         return False
 
 
+def _read_meta(root: Any, split: str, name: str, path: str | Path) -> np.ndarray:
+    """A whole per-split metadata array (``done``, ``step``, ``epoch``, ...), checked.
+
+    From format 2 on, a missing ``step`` or ``epoch`` chunk is an error (they are written at
+    creation, even when equal to the fill value); a chunk that does not decode always is.
+    """
+    try:
+        array = root[split][name]
+        if name in ("step", "epoch") and int(root.attrs.get("cache_schema_version", 1)) >= 2:
+            per_chunk = max(1, int(array.metadata.chunk_grid.chunk_shape[0]))
+            for row in range(0, array.shape[0], per_chunk):
+                for chunk in chunk_files(array, Path(path), row):
+                    if not chunk.is_file():
+                        raise StoreError(
+                            f"distance cache {path}, split {split!r}: the chunk file "
+                            f"{chunk.relative_to(path)} of {name!r} is missing; {_RECOMPUTE}"
+                        )
+        return np.asarray(array[...])
+    except StoreError:
+        raise
+    except Exception as exc:  # zarr raises several types for a damaged chunk or metadata
+        raise StoreError(
+            f"distance cache {path}, split {split!r}: {name!r} cannot be read "
+            f"({type(exc).__name__}: {exc}); it is truncated or corrupt: {_RECOMPUTE}"
+        ) from None
+
+
 def cache_done(path: str | Path, split: str) -> np.ndarray:
     """The ``done(step)`` flags of one split."""
-    return np.asarray(open_cache_root(path)[split]["done"][...], dtype=bool)
+    return np.asarray(_read_meta(open_cache_root(path), split, "done", path), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -354,8 +383,13 @@ def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> Ca
         if name not in root:
             raise StoreError(f"distance cache {path} has no split {name!r}")
         group = root[name]
-        done = np.asarray(group["done"][...], dtype=bool)
-        step = np.asarray(group["step"][...], dtype=np.int64)
+        done = np.asarray(_read_meta(root, name, "done", path), dtype=bool)
+        step = np.asarray(_read_meta(root, name, "step", path), dtype=np.int64)
+        if step.size and (step.min() < 0 or (np.diff(step) <= 0).any()):
+            raise StoreError(
+                f"distance cache {path}, split {name!r}: its steps {step[:10].tolist()} are not "
+                f"distinct training iterations in increasing order (damaged); {_RECOMPUTE}"
+            )
         if not done.all():
             missing = ", ".join(map(str, step[~done][:10]))
             raise StoreError(
@@ -363,10 +397,10 @@ def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> Ca
                 f"rerun `infoplane distances {attrs.get('store', 'STORE')} --out {path}` "
                 "to complete it"
             )
-        epochs = np.asarray(group["epoch"][...], dtype=np.float64)
+        epochs = np.asarray(_read_meta(root, name, "epoch", path), dtype=np.float64)
         found[name] = CacheSplit(name, step, epochs, int(group["y"].shape[1]))
-        dims = tuple(int(d) for d in group["dim"][...])
-        dim_x = int(group["dim_x"][...])
+        dims = tuple(int(d) for d in _read_meta(root, name, "dim", path))
+        dim_x = int(_read_meta(root, name, "dim_x", path))
     keep = {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
     keep["store"] = attrs.get("store")
     keep["store_attrs_sha256"] = attrs.get("store_attrs_sha256")
@@ -543,11 +577,10 @@ def nonfinite_points(path: str | Path) -> list[tuple[str, int, str]]:
     root = open_cache_root(path)
     points = []
     for split in root.attrs.get("splits", SPLITS):
-        group = root[split]
-        steps = np.asarray(group["step"][...])
+        steps = _read_meta(root, split, "step", path)
         layers = list(root.attrs["layers"])
-        bad = np.asarray(group["nonfinite"][...], dtype=bool)
-        bad_x = np.asarray(group["nonfinite_x"][...], dtype=bool)
+        bad = np.asarray(_read_meta(root, split, "nonfinite", path), dtype=bool)
+        bad_x = np.asarray(_read_meta(root, split, "nonfinite_x", path), dtype=bool)
         for t, step in enumerate(steps):
             names = (["x"] if bad_x[t] else []) + [
                 n for n, b in zip(layers, bad[t], strict=True) if b

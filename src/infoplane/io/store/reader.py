@@ -163,6 +163,14 @@ def _plan_split(
         else np.full(steps.shape, np.nan)
     )
     rows = rows[np.argsort(steps[rows], kind="stable")]
+    captured_steps = steps[rows]
+    if captured_steps.size and (captured_steps.min() < 0 or (np.diff(captured_steps) <= 0).any()):
+        raise StoreError(
+            f"store {path}, split {split!r}: the captured steps {captured_steps[:10].tolist()} "
+            "are not distinct training iterations >= 0 in increasing order (a lost or damaged "
+            f"'step' chunk reads as its fill value); run `infoplane store validate {path}` for "
+            "details, then restore the store from a copy"
+        )
     plan = SplitPlan(split, steps[rows], epochs[rows], rows, int(group["y"].shape[1]))
     shapes = {name: tuple(int(s) for s in group[name].shape[2:]) for name in layers}
     return plan, shapes, tuple(int(s) for s in group["x"].shape[2:])

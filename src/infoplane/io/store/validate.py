@@ -772,6 +772,9 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     info["splits"] = {}
     raw_total = stored_total = 0
     for split in splits_of(root):
+        broken = _Findings()
+        if not _check_metadata_files(path, split, broken):
+            raise StoreError(f"store {path}: {broken.errors[0]}")
         group = root[split]
         names = set(group.array_keys())
         entry: dict[str, Any] = {"variables": {}}
