@@ -610,3 +610,10 @@ def test_a_truncated_array_zarr_json_is_named_and_never_a_traceback(store, capsy
     assert "Traceback" not in capsys.readouterr().err
     # the other split still reads
     assert open_activations(store, "test").sizes["step"] == 3
+
+
+def test_a_lost_epoch_chunk_is_reported(store):
+    (store / "train" / "epoch" / "c" / "0").unlink()  # epochs read as NaN
+    report = validate_store(store)
+    assert report.errors == []
+    assert any("variable 'epoch'" in w and "step 0 (index 0)" in w for w in report.warnings)

@@ -559,6 +559,20 @@ def _check_captured_chunks(
         return
     steps = np.asarray(group["step"][:])
     recapture = "recapture the step (open_writer(...).write) or restore the store from a copy"
+    if "epoch" in group.array_keys():
+        try:
+            epochs = np.asarray(group["epoch"][:], dtype=np.float64)
+        except Exception:  # reported by _check_structure
+            epochs = None
+        if epochs is not None and epochs.shape == captured.shape:
+            lost = [int(r) for r in rows if not np.isfinite(epochs[r])]
+            if lost:
+                found.warn(
+                    f"split {split!r}, variable 'epoch', {_steps_text(steps, lost)}: NaN (the "
+                    "fill value) although the step is captured, so its chunk was lost or never "
+                    "written; results carry no epoch for these steps: write epoch(step) again "
+                    "or restore the store from a copy"
+                )
     for name in ("index", "x", "y", *layers):
         if name not in group.array_keys():
             continue
