@@ -366,3 +366,19 @@ def test_an_unsmoothed_search_keeps_and_reuses_widths_too(tmp_path, client):
     paper = estimate(cache, resolve_preset(None, "paper"), name="paper", client=client)
     assert len(_kept_entries(cache)) == 2  # the same search: nothing new kept
     xr.testing.assert_identical(paper["sigma_star"], kept["sigma_star"])
+
+
+def test_smoothed_widths_after_a_nan_point_are_flagged(tmp_path, client):
+    store = make_store(
+        tmp_path / "s.zarr", steps=(0, 10, 20, 30), n=9, nan_points=[("test", 10, "conv")]
+    )
+    with pytest.warns(NaNPointWarning, match=r"smoothed width averages across an earlier NaN"):
+        result = estimate(store, resolve_preset(None, "paper"), name="paper", client=client)
+    flagged = json.loads(result.attrs["smoothed_across_nan"])
+    assert flagged == [["test", 20, "conv"], ["test", 30, "conv"]]
+    # a preset without smoothing has nothing to flag
+    plain = {**resolve_preset(None, "paper")}
+    plain["layer_width"] = {**plain["layer_width"], "smoothing": 0.0}
+    with pytest.warns(NaNPointWarning):
+        unsmoothed = estimate(store, plain, name="plain", client=client)
+    assert "smoothed_across_nan" not in unsmoothed.attrs

@@ -567,3 +567,53 @@ def test_a_store_with_nothing_captured_warns_per_split(tmp_path):
     assert [w.split(":")[0] for w in report.warnings] == ["split 'train'", "split 'test'"]
     for warning in report.warnings:
         assert "no step is captured" in warning and "run (or resume) training" in warning
+
+
+# ------------------------------------------------------- damaged metadata arrays and zarr.json
+
+
+@pytest.mark.parametrize("name", ["step", "epoch", "captured"])
+def test_a_damaged_step_epoch_or_captured_chunk_is_an_error_everywhere(store, name, capsys):
+    from infoplane.io.store import StoreReader, read_store_plan
+
+    chunk = store / "train" / name / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    problems = validate_store(store).errors
+    assert any(f"variable {name!r}" in p and "cannot be read" in p for p in problems), problems
+    with pytest.raises(StoreError, match=rf"split 'train': .*\({name!r}\) cannot be read"):
+        read_store_plan(store)
+    with pytest.raises(StoreError, match="split 'train'"):
+        open_activations(store, "train").load()
+    if name == "step":
+        with pytest.raises(StoreError, match=r"split 'train': the steps \('step'\)"):
+            StoreReader(store).read("train", "h1", 0)
+    assert main(["store", "validate", str(store)]) == 1
+    assert main(["distances", str(store), "--out", str(store.parent / "d.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "infoplane: error: store" in err
+
+
+def test_a_truncated_array_zarr_json_is_named_and_never_a_traceback(store, capsys):
+    from infoplane.io.store import StoreReader, read_store_plan
+
+    meta = store / "train" / "h1" / "zarr.json"
+    meta.write_text(meta.read_text()[:-40])
+    problems = validate_store(store).errors
+    assert any("train/h1/zarr.json cannot be read" in p for p in problems), problems
+    with pytest.raises(StoreError, match=r"split 'train': its metadata cannot be read"):
+        read_store_plan(store)
+    with pytest.raises(StoreError, match=r"variable 'h1': its metadata \(h1/zarr.json\)"):
+        StoreReader(store).read("train", "h1", 0)
+    with pytest.raises(StoreError, match="split 'train'"):
+        open_activations(store, "train")
+    assert main(["store", "validate", str(store)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    # the other split still reads
+    assert open_activations(store, "test").sizes["step"] == 3
+
+
+def test_a_lost_epoch_chunk_is_reported(store):
+    (store / "train" / "epoch" / "c" / "0").unlink()  # epochs read as NaN
+    report = validate_store(store)
+    assert report.errors == []
+    assert any("variable 'epoch'" in w and "step 0 (index 0)" in w for w in report.warnings)

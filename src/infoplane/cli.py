@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from infoplane import __version__
-from infoplane.errors import InfoplaneError
+from infoplane.errors import InfoplaneError, describe_os_error
 
 COMMAND_MODULES = (
     "infoplane.commands.data",
@@ -63,4 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except InfoplaneError as exc:
         print(f"infoplane: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the disk: full, read-only, a path that vanished
+        kept = (
+            "every product is written beside its final name and moved into place when "
+            "complete, so what was finished before (captured steps, cached steps, checkpoints, "
+            "earlier results) is kept and a rerun resumes from it"
+        )
+        print(f"infoplane: error: {describe_os_error(exc, kept)}", file=sys.stderr)
         return 1

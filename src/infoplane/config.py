@@ -21,6 +21,7 @@ import glob
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -230,6 +231,11 @@ def _reference_problems(config: Mapping) -> list[str]:
                 problems.append(
                     f"experiments.{name}.model.{key}: not an option of model {model['name']}; "
                     f"its options: {', '.join(('activation', *allowed))}"
+                )
+        for option, value in experiment["training"].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(
+                    f"experiments.{name}.training.{option}: {value} is not a finite number"
                 )
         schedule = experiment["capture"]["schedule"]
         used = {"every": "every", "log": "points", "list": "steps"}.get(schedule["kind"])

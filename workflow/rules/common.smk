@@ -12,12 +12,16 @@ from infoplane.config import (
     store_runs,
     validate_config,
 )
+from infoplane.train.preflight import check_experiments
 from infoplane.presets import needs_activations, preset_to_json, resolve_preset
 
 # Cross-references the schema cannot express (run names, preset names, schedule keys); the
 # schema itself has already filled the defaults into `config`. A preset name is one of the
 # config's `estimators:` or a built-in one (infoplane.presets.BUILTIN_PRESETS).
 CONFIG = validate_config(config, source="workflow config")
+# What needs no training is checked before the first job (snakemake -n included): dataset
+# options, probe sizes against the splits, the schedule against training, the layer names.
+check_experiments(CONFIG)
 
 # The report's captions show the resolved mapping of every preset an experiment names, built-in
 # ones included (CONFIG, a validated copy, is what the jobs' params come from).

@@ -87,9 +87,11 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_stack(args: argparse.Namespace) -> int:
+    from infoplane.io.files import exclusive
     from infoplane.io.results import stack_runs, write_result
 
-    stacked = stack_runs(args.results, args.runs)
-    write_result(stacked, args.out)
+    with exclusive(args.out):
+        stacked = stack_runs(args.results, args.runs)
+        write_result(stacked, args.out)
     print(f"{args.out}: {stacked.sizes['run']} runs stacked")
     return 0

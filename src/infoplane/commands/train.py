@@ -55,6 +55,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     settings = experiment_settings(config, args.experiment)
     seed_from_run(args.run, settings)  # a bad run name fails before anything heavy is imported
+    from infoplane.train.preflight import check_experiments
+
+    check_experiments(config, [args.experiment])  # probe sizes, schedule, layer names
 
     training_log = logging.getLogger("infoplane.train.training")
     if training_log.getEffectiveLevel() > logging.INFO:

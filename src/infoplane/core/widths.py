@@ -511,7 +511,9 @@ def smooth_along_steps(
 
     With ``steps`` (training iterations) β applies per iteration (see :func:`smooth_widths`);
     without, per captured step. A NaN point (not estimable) neither resets nor poisons the
-    average of the later steps.
+    average of the later steps: it is skipped (with ``steps``, the weight of the past decays
+    over the iterations since the last estimable step). The estimate flags the later steps of
+    such a layer (``attrs["smoothed_across_nan"]`` of the result).
     """
     smoothed = np.full(sigma_star.shape, np.nan)
     for layer in range(sigma_star.shape[1]):

@@ -20,9 +20,10 @@ from infoplane.core.distances import (
     squared_distances,
     squared_distances_or_nan,
 )
-from infoplane.errors import warn_nan_points
+from infoplane.errors import StoreError, warn_nan_points
 from infoplane.estimate.cluster import client_or, run_tasks
 from infoplane.io import cache
+from infoplane.io.files import exclusive
 from infoplane.io.store import StoreReader, read_store_plan
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,18 @@ def step_distances(
         d2.append(matrix)
         nonfinite.append(bad)
     d2_x, bad_x = squared_distances_or_nan(reader.read(split, "x", row))
+    y = np.asarray(reader.read(split, "y", row), dtype=np.int64)
+    if y.size and int(y.min()) < 0:
+        negative = sorted(set(y[y < 0].tolist()))[:5]
+        raise StoreError(
+            f"{reader.where(split, 'y', reader.steps(split), [row])}: negative label(s) "
+            f"{negative}; labels are class numbers 0, 1, ...: fix the labels the store was "
+            "written with (`infoplane store validate` lists every such step)"
+        )
     return {
         "d2": np.stack(d2) if d2 else np.empty((0, *d2_x.shape)),
         "d2_x": d2_x,
-        "y": np.asarray(reader.read(split, "y", row), dtype=np.int64),
+        "y": y,
         "nonfinite": np.asarray(nonfinite, dtype=bool),
         "nonfinite_x": np.asarray(bad_x),
     }
@@ -128,8 +137,27 @@ def compute_distances(
         ``computed`` and ``skipped`` step counts and the ``nonfinite`` points
         ``(split, step, layer)``.
     """
+    # a second writer of the same cache fails here, before it touches it
+    with exclusive(out):
+        return _compute_distances(
+            store, Path(out), splits=splits, overwrite=overwrite, client=client, workers=workers,
+            scheduler_address=scheduler_address, cluster_config=cluster_config,
+        )  # fmt: skip
+
+
+def _compute_distances(
+    store: str | Path,
+    out: Path,
+    *,
+    splits: Sequence[str] | None,
+    overwrite: bool,
+    client: Any,
+    workers: int | None,
+    scheduler_address: str | None,
+    cluster_config: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """:func:`compute_distances` with the lock of ``out`` held."""
     plan = read_store_plan(store, splits)
-    out = Path(out)
     if out.exists() and overwrite:
         shutil.rmtree(out)
     if out.exists():

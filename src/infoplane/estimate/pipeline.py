@@ -29,6 +29,7 @@ arrays through :mod:`infoplane.io.cache` or :mod:`infoplane.io.store` and call i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,7 @@ from infoplane.estimate.cluster import client_or, run_batched
 from infoplane.estimate.distances import channel_distances, step_activations, step_distances
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
+from infoplane.io.files import exclusive
 from infoplane.io.results import build_result, write_result
 from infoplane.io.store import PROVENANCE_KEYS, read_store_plan
 from infoplane.presets import estimator_of, needs_activations, preset_to_json, validate_preset
@@ -77,8 +79,13 @@ class SplitSteps:
     n_samples: int
 
 
-def _store_rows(store: str | Path, split_steps: Mapping[str, SplitSteps]) -> dict[str, np.ndarray]:
-    """Positions of the cached steps on the store's step axis; every one must be captured."""
+def _store_rows(
+    store: str | Path, split_steps: Mapping[str, SplitSteps], cache_path: str | Path
+) -> dict[str, np.ndarray]:
+    """Positions of the cached steps on the store's step axis; every one must be captured.
+
+    The store must be the one the cache was computed from (:func:`cache.check_store`).
+    """
     plan = read_store_plan(store, list(split_steps))
     rows = {}
     for name, split in split_steps.items():
@@ -92,6 +99,7 @@ def _store_rows(store: str | Path, split_steps: Mapping[str, SplitSteps]) -> dic
                 f"store {plan.path}, split {name}: cached steps {lost[:10]} are not captured"
             )
         rows[name] = np.array([position[int(s)] for s in split.steps], dtype=np.int64)
+    cache.check_store(cache_path, plan, rows)
     return rows
 
 
@@ -123,7 +131,7 @@ def plan_source(
         }
         dims = tuple(plan.dims[name] for name in plan.layers)
         src = Source("store", plan.path, plan.path, tuple(plan.layers), dims, plan.input_dim)
-        return src, steps, dict(plan.attrs)
+        return src, steps, {**plan.attrs, "store_attrs_sha256": plan.fingerprint}
 
     cached = cache.read_cache_plan(source, splits)
     steps = {
@@ -138,7 +146,7 @@ def plan_source(
                 f"this estimator reads the activations, but the store {store_path} recorded in "
                 f"{source} does not exist; pass --store STORE"
             )
-        rows = _store_rows(store_path, steps)
+        rows = _store_rows(store_path, steps, source)
         steps = {
             name: SplitSteps(s.split, s.steps, s.epochs, s.index, rows[name], s.n_samples)
             for name, s in steps.items()
@@ -315,6 +323,31 @@ def estimate(
         The result, in memory.
     """
     preset = validate_preset(preset, name)
+    # the lock of ``out`` is held from the start: a second estimate to the same result fails
+    # before it computes anything
+    with exclusive(out) if out is not None else contextlib.nullcontext():
+        return _estimate(
+            source, preset, name=name, out=out, store=store, splits=splits, client=client,
+            workers=workers, scheduler_address=scheduler_address,
+            cluster_config=cluster_config, keep_widths=keep_widths,
+        )  # fmt: skip
+
+
+def _estimate(
+    source: str | Path,
+    preset: Mapping[str, Any],
+    *,
+    name: str,
+    out: str | Path | None,
+    store: str | Path | None,
+    splits: Sequence[str] | None,
+    client: Any,
+    workers: int | None,
+    scheduler_address: str | None,
+    cluster_config: Mapping[str, Any] | None,
+    keep_widths: bool,
+) -> Any:
+    """:func:`estimate` with the lock of ``out`` held."""
     src, split_steps, attrs = plan_source(
         source, store=store, splits=splits, needs_store=needs_activations(preset)
     )
@@ -364,6 +397,8 @@ def estimate(
             result["boundary_hit"] = widths[split_name].boundary_hit[k]
     dataset = _assemble(src, split_steps, where, results, preset, name, attrs)
     _name_failures(dataset, failures, run=attrs.get("run"), stage=f"estimate {name}")
+    if widths is not None and rule.get("smoothing", 0.0) > 0:
+        _flag_smoothed_across_nan(dataset, widths, split_steps, src.layers, run=attrs.get("run"))
     if out is not None:
         write_result(dataset, out)
     return dataset
@@ -395,6 +430,42 @@ def _layer_widths(
         )
         for split, found in widths.items()
     }
+
+
+def _flag_smoothed_across_nan(
+    dataset: Any,
+    widths: Mapping[str, AlignmentWidths],
+    split_steps: Mapping[str, SplitSteps],
+    layers: Sequence[str],
+    *,
+    run: Any,
+) -> None:
+    """Flag the smoothed widths that average across a NaN point of their layer.
+
+    The smoothing skips a NaN point (it neither restarts nor poisons the average), so every
+    later step of that split and layer has a width that differs from the one an estimable point
+    would have given. Those (split, step, layer) are listed in ``attrs["smoothed_across_nan"]``
+    and named in a warning; their values are kept.
+    """
+    flagged = []
+    for split, found in widths.items():
+        steps = split_steps[split].steps
+        for k, layer in enumerate(layers):
+            bad = ~np.isfinite(found.sigma_star[:, k])
+            if not bad.any():
+                continue
+            after = np.arange(len(steps)) > np.flatnonzero(bad)[0]
+            flagged += [(split, int(steps[t]), layer) for t in np.flatnonzero(after & ~bad)]
+    if not flagged:
+        return
+    dataset.attrs["smoothed_across_nan"] = json.dumps([list(p) for p in flagged])
+    warn_nan_points(
+        run,
+        flagged,
+        stage="estimate",
+        reason="the smoothed width averages across an earlier NaN point of the layer",
+        consequence="these points are computed with it and listed in attrs['smoothed_across_nan']",
+    )
 
 
 def _name_failures(
@@ -445,6 +516,7 @@ def _assemble(
             "preset": preset_to_json(preset),
             "source": src.path,
             "store": src.store or attrs.get("store") or "",
+            "store_attrs_sha256": attrs.get("store_attrs_sha256") or "",
         },
         provenance={key: attrs.get(key) for key in PROVENANCE_KEYS},
     )

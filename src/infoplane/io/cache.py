@@ -2,8 +2,9 @@
 
 Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xarray)::
 
-    attrs: kind, store (source store path), store_attrs_sha256 (digest of the store's root
-           attributes, checked when a cache is resumed), infoplane_version, layers, run,
+    attrs: kind, cache_schema_version (2), cache_id, store (source store path), store_attrs_sha256
+           (digest of the store's root attributes, checked when a cache is resumed and when an
+           estimate reads the store beside the cache), infoplane_version, layers, run,
            experiment, splits
     <split>/
       d2(step, layer, i, j)  float64   chunk (1, layers up to ~64 MiB, N, N), uncompressed
@@ -13,10 +14,22 @@ Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xa
       nonfinite_x(step)      bool
       done(step)             bool      set after the step's region is written
       dim(layer), dim_x      int64     feature dimensions (for Silverman/Scott widths)
+      index(sample)          int64     dataset indices of the probe (first captured step; an
+                                       estimate that reads the store checks them against it)
       coords: step, epoch(step), layer
+
+Every per-step array ends its codec chain with a CRC-32C checksum (``Crc32cCodec``, as the
+activation store's chunks do), so a truncated or bit-flipped chunk is a decode error, and every
+read of a step first checks that its chunk files exist (zarr alone would return the fill value,
+zero distances, for a missing one). Either fault is a StoreError naming the cache, run, split,
+step and layer. Format history: ``cache_schema_version`` 1 (no checksums, no ``index``) is still
+read, with the same chunk-file checks; its decode errors cannot tell a bit flip, so recompute it
+(``infoplane distances STORE --out CACHE --overwrite``) to get the checksums.
     widths/<split>-<key>/    optional: the result of an alignment width search run on these
       sigma_star(step, layer) float64, boundary_hit(step, layer) bool, step(step) int64;
-      attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures
+      attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures,
+      cache_id (the root's ``cache_id``, a random id drawn when the cache is created: kept
+      widths of another cache, copied in or left over, are ignored and searched again)
 
 :func:`create_cache` pre-allocates every array for the store's captured steps; one task per
 (split, step) writes its own region with :func:`write_step`, which sets ``done`` last. Every
@@ -36,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,14 +58,16 @@ from typing import Any
 
 import numpy as np
 
-from infoplane.errors import StoreError
+from infoplane.errors import StoreError, describe_os_error
 from infoplane.io.files import digest, replacing
 from infoplane.io.store import PROVENANCE_KEYS, SPLITS, StorePlan
+from infoplane.io.store.layout import chunk_files
 
 log = logging.getLogger(__name__)
 
 CACHE_KIND = "infoplane-distance-cache"
-CACHE_SCHEMA_VERSION = 1
+#: 2: checksummed chunks (Crc32cCodec) and the probe's ``index``; 1 is still read.
+CACHE_SCHEMA_VERSION = 2
 #: The per-step arrays of a split, in the order :func:`write_step` writes them.
 STEP_VARIABLES = ("d2", "d2_x", "y", "nonfinite", "nonfinite_x")
 #: Target size of one d2 chunk: all layers of a step in one read at small N, a few at large N.
@@ -71,7 +87,7 @@ def _open_group(path: str | Path, mode: str = "r"):
 # creation and writing
 
 
-def _split_template(plan: StorePlan, split: str):
+def _split_template(plan: StorePlan, split: str, index: np.ndarray | None = None):
     """The split's Dataset of lazily zero arrays: to_zarr(compute=False) writes metadata only."""
     import xarray as xr
 
@@ -96,6 +112,8 @@ def _split_template(plan: StorePlan, split: str):
         "dim": (("layer",), np.array([plan.dims[name] for name in plan.layers], dtype=np.int64)),
         "dim_x": ((), np.int64(plan.input_dim)),
     }
+    if index is not None:
+        data["index"] = (("sample",), np.asarray(index, dtype=np.int64))
     coords = {
         "step": ("step", at.steps),
         "epoch": ("step", at.epochs),
@@ -113,6 +131,7 @@ def _cache_attrs(plan: StorePlan) -> dict[str, Any]:
         "cache_schema_version": CACHE_SCHEMA_VERSION,
         "store": plan.path,
         "store_attrs_sha256": plan.fingerprint,
+        "cache_id": uuid.uuid4().hex,
         "infoplane_version": __version__,
         "layers": list(plan.layers),
         "splits": list(plan.splits),
@@ -120,26 +139,47 @@ def _cache_attrs(plan: StorePlan) -> dict[str, Any]:
     }
 
 
+def _probe_index(plan: StorePlan) -> dict[str, np.ndarray]:
+    """The dataset indices of each split's probe at its first captured step (when recorded)."""
+    from infoplane.io.store import StoreReader
+
+    reader = StoreReader(plan.path)
+    found = {}
+    for name, split in plan.splits.items():
+        if len(split.rows) and "index" in reader._group(name)[0].array_keys():
+            found[name] = np.asarray(reader.read(name, "index", int(split.rows[0])), np.int64)
+    return found
+
+
 def create_cache(path: str | Path, plan: StorePlan) -> None:
     """Pre-allocate an empty cache for ``plan`` (metadata only; every ``done`` is False).
 
+    The probe's dataset indices (the first captured step's) are kept as ``<split>/index``.
     Built beside ``path`` and moved into place, so a killed creation leaves no half cache.
     """
     import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
+    index = _probe_index(plan)
     with replacing(path, tag="creating") as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update(_cache_attrs(plan))
         for split in plan.splits:
-            # distances are full-entropy float64: compression would cost time and save little
-            raw = {"compressors": None}
-            _split_template(plan, split).to_zarr(
+            # distances are full-entropy float64: compression would cost time and save little;
+            # the checksum makes a truncated or corrupt chunk a decode error
+            raw = {"compressors": (Crc32cCodec(),)}
+            packed = {"compressors": (ZstdCodec(), Crc32cCodec())}
+            encoding = {"d2": raw, "d2_x": raw}
+            names = ("y", "nonfinite", "nonfinite_x", "done", "step", "epoch")
+            encoding.update({name: packed for name in names})
+            _split_template(plan, split, index.get(split)).to_zarr(
                 str(tmp),
                 group=split,
                 mode="w",
                 compute=False,
                 consolidated=False,
-                encoding={"d2": raw, "d2_x": raw},
+                encoding=encoding,
+                write_empty_chunks=True,  # the coordinates (step 0 alone equals the fill value)
             )
         # unwritten steps must read as missing, not as zero distances
         for split in plan.splits:
@@ -157,10 +197,22 @@ def create_cache(path: str | Path, plan: StorePlan) -> None:
 def write_step(cache: str | Path, split: str, index: int, values: Mapping[str, Any]) -> None:
     """Write step ``index`` of ``split``: every array of :data:`STEP_VARIABLES`, then ``done``."""
     group = _open_group(cache, mode="r+")[split]
-    for name in STEP_VARIABLES:
-        group[name][index] = values[name]
-    # last: a step counts as cached only once every variable of it is on disk
-    group["done"][index] = True
+    # every chunk is written, even one that equals the fill value (all-NaN distances of a
+    # diverged layer, labels all 0): a reader can then tell a missing chunk from such data
+    # (per array: zarr's global config is shared by the threads of a worker)
+    try:
+        for name in (*STEP_VARIABLES, "done"):
+            array = group[name].with_config({"write_empty_chunks": True})
+            # last: a step counts as cached only once every variable of it is on disk
+            array[index] = True if name == "done" else values[name]
+    except OSError as exc:
+        step = int(np.asarray(group["step"][index]))
+        raise StoreError(
+            f"distance cache {cache}, split {split!r}, step {step}: "
+            + describe_os_error(
+                exc, "the steps finished before are kept (marked done) and a rerun resumes"
+            )
+        ) from None
 
 
 def check_compatible(path: str | Path, plan: StorePlan) -> None:
@@ -179,7 +231,7 @@ def check_compatible(path: str | Path, plan: StorePlan) -> None:
         if name not in root:
             problems.append(f"split {name} missing")
             continue
-        steps = np.asarray(root[name]["step"][...])
+        steps = _read_meta(root, name, "step", path)
         if not np.array_equal(steps, split.steps):
             problems.append(f"split {name}: cached steps differ from the store's captured steps")
         if root[name]["y"].shape[1] != split.n_samples:
@@ -191,6 +243,47 @@ def check_compatible(path: str | Path, plan: StorePlan) -> None:
         )
     if root.attrs.get("store") != plan.path:
         log.info("resuming %s, written from %s", path, root.attrs.get("store"))
+
+
+def check_store(path: str | Path, plan: StorePlan, rows: Mapping[str, np.ndarray]) -> None:
+    """The store an estimate reads beside the cache must be the one the cache was computed from.
+
+    Compares the store's fingerprint (``store_attrs_sha256``), then per split the probe's
+    dataset indices (``index``, caches of format 2) and the labels of the first cached step;
+    ``rows`` gives the store rows of the cached steps of each split.
+    """
+    from infoplane.io.store import StoreReader
+
+    root = open_cache_root(path)
+    recorded = root.attrs.get("store", "?")
+    remedy = (
+        f"pass --store with the store the cache was computed from ({recorded}), or recompute "
+        f"the cache from this store: `infoplane distances {plan.path} --out {path} --overwrite`"
+    )
+    if root.attrs.get("store_attrs_sha256") != plan.fingerprint:
+        raise StoreError(
+            f"store {plan.path} is not the store distance cache {path} was computed from: its "
+            f"attributes (run {plan.attrs.get('run')!r}, seed {plan.attrs.get('seed')!r} and "
+            f"settings) differ from those the cache recorded (run {root.attrs.get('run')!r}); "
+            + remedy
+        )
+    reader = StoreReader(plan.path)
+    for split, store_rows in rows.items():
+        if not len(store_rows):
+            continue
+        group = root[split]
+        checks = [("y", np.asarray(group["y"][0]))]
+        if "index" in group:
+            checks.insert(0, ("index", np.asarray(group["index"][...])))
+        for name, cached in checks:
+            if name == "index" and "index" not in reader._group(split)[0].array_keys():
+                continue
+            stored = np.asarray(reader.read(split, name, int(store_rows[0])))
+            if not np.array_equal(stored.astype(np.int64), cached.astype(np.int64)):
+                raise StoreError(
+                    f"store {plan.path}, split {split!r}: the probe's {name} differs from the "
+                    f"one distance cache {path} was computed with; " + remedy
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,9 +309,36 @@ def is_distance_cache(path: str | Path) -> bool:
         return False
 
 
+def _read_meta(root: Any, split: str, name: str, path: str | Path) -> np.ndarray:
+    """A whole per-split metadata array (``done``, ``step``, ``epoch``, ...), checked.
+
+    From format 2 on, a missing ``step`` or ``epoch`` chunk is an error (they are written at
+    creation, even when equal to the fill value); a chunk that does not decode always is.
+    """
+    try:
+        array = root[split][name]
+        if name in ("step", "epoch") and int(root.attrs.get("cache_schema_version", 1)) >= 2:
+            per_chunk = max(1, int(array.metadata.chunk_grid.chunk_shape[0]))
+            for row in range(0, array.shape[0], per_chunk):
+                for chunk in chunk_files(array, Path(path), row):
+                    if not chunk.is_file():
+                        raise StoreError(
+                            f"distance cache {path}, split {split!r}: the chunk file "
+                            f"{chunk.relative_to(path)} of {name!r} is missing; {_RECOMPUTE}"
+                        )
+        return np.asarray(array[...])
+    except StoreError:
+        raise
+    except Exception as exc:  # zarr raises several types for a damaged chunk or metadata
+        raise StoreError(
+            f"distance cache {path}, split {split!r}: {name!r} cannot be read "
+            f"({type(exc).__name__}: {exc}); it is truncated or corrupt: {_RECOMPUTE}"
+        ) from None
+
+
 def cache_done(path: str | Path, split: str) -> np.ndarray:
     """The ``done(step)`` flags of one split."""
-    return np.asarray(open_cache_root(path)[split]["done"][...], dtype=bool)
+    return np.asarray(_read_meta(open_cache_root(path), split, "done", path), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -263,8 +383,13 @@ def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> Ca
         if name not in root:
             raise StoreError(f"distance cache {path} has no split {name!r}")
         group = root[name]
-        done = np.asarray(group["done"][...], dtype=bool)
-        step = np.asarray(group["step"][...], dtype=np.int64)
+        done = np.asarray(_read_meta(root, name, "done", path), dtype=bool)
+        step = np.asarray(_read_meta(root, name, "step", path), dtype=np.int64)
+        if step.size and (step.min() < 0 or (np.diff(step) <= 0).any()):
+            raise StoreError(
+                f"distance cache {path}, split {name!r}: its steps {step[:10].tolist()} are not "
+                f"distinct training iterations in increasing order (damaged); {_RECOMPUTE}"
+            )
         if not done.all():
             missing = ", ".join(map(str, step[~done][:10]))
             raise StoreError(
@@ -272,12 +397,13 @@ def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> Ca
                 f"rerun `infoplane distances {attrs.get('store', 'STORE')} --out {path}` "
                 "to complete it"
             )
-        epochs = np.asarray(group["epoch"][...], dtype=np.float64)
+        epochs = np.asarray(_read_meta(root, name, "epoch", path), dtype=np.float64)
         found[name] = CacheSplit(name, step, epochs, int(group["y"].shape[1]))
-        dims = tuple(int(d) for d in group["dim"][...])
-        dim_x = int(group["dim_x"][...])
+        dims = tuple(int(d) for d in _read_meta(root, name, "dim", path))
+        dim_x = int(_read_meta(root, name, "dim_x", path))
     keep = {k: attrs[k] for k in PROVENANCE_KEYS if k in attrs}
     keep["store"] = attrs.get("store")
+    keep["store_attrs_sha256"] = attrs.get("store_attrs_sha256")
     return CachePlan(
         str(path.resolve()), str(attrs.get("store", "")), tuple(attrs["layers"]), dims, dim_x,
         found, keep,
@@ -285,12 +411,23 @@ def read_cache_plan(path: str | Path, splits: Sequence[str] | None = None) -> Ca
 
 
 # Per-process handles of the cache's arrays: opening them costs as much as reading a step.
-_held: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any]]] = {}
+_held: dict[tuple[str, str], tuple[tuple[int, ...], _SplitHandles]] = {}
 # One event loop per reading thread, for zarr's asynchronous reads (workers may run threads).
 _loops = threading.local()
 
 
-def _step_arrays(path: str, split: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _SplitHandles:
+    """What reading a step of one split needs: the arrays, and what to name in an error."""
+
+    arrays: dict[str, Any]
+    steps: np.ndarray
+    layers: tuple[str, ...]
+    run: str
+    checked: tuple[str, ...]  # the arrays whose every done step has its chunk files
+
+
+def _step_arrays(path: str, split: str) -> _SplitHandles:
     """The cache's per-step arrays of ``split``, opened once per process.
 
     Reopened when the split's or ``d2``'s metadata file changes (a recreated cache).
@@ -298,22 +435,100 @@ def _step_arrays(path: str, split: str) -> dict[str, Any]:
     import zarr
 
     group_path = Path(path) / split
-    token = tuple(
-        value
-        for meta in (group_path / "zarr.json", group_path / "d2" / "zarr.json")
-        for stat in [meta.stat()]
-        for value in (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    )
-    held = _held.get((path, split))
-    if held is not None and held[0] == token:
-        return held[1]
-    # the split group itself: cheaper than the root's consolidated metadata
-    group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
-    arrays = {name: group[name] for name in STEP_VARIABLES}
+    try:
+        token = tuple(
+            value
+            for meta in (group_path / "zarr.json", group_path / "d2" / "zarr.json")
+            for stat in [meta.stat()]
+            for value in (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        )
+        held = _held.get((path, split))
+        if held is not None and held[0] == token:
+            return held[1]
+        # the split group itself: cheaper than the root's consolidated metadata
+        group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
+        arrays = {name: group[name] for name in STEP_VARIABLES}
+        steps = np.asarray(group["step"][...], dtype=np.int64)
+        attrs = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs
+        layers, run = tuple(attrs.get("layers", ())), str(attrs.get("run", "?"))
+        # format 1 skipped chunks equal to the fill value (NaN distances, False flags); its
+        # labels (fill 0) are checked all the same: a whole probe of class 0 is no probe
+        version = int(attrs.get("cache_schema_version", 1))
+        checked = STEP_VARIABLES if version >= 2 else ("y",)
+    except Exception as exc:  # zarr raises several types for damaged metadata
+        raise StoreError(
+            f"distance cache {path}, split {split!r}: its metadata cannot be read "
+            f"({type(exc).__name__}: {exc}); {_RECOMPUTE}"
+        ) from None
+    handles = _SplitHandles(arrays, steps, layers, run, checked)
     if len(_held) >= 32:
         _held.clear()
-    _held[(path, split)] = (token, arrays)
-    return arrays
+    _held[(path, split)] = (token, handles)
+    return handles
+
+
+_RECOMPUTE = (
+    "recompute the cache with `infoplane distances STORE --out CACHE --overwrite` "
+    "(or delete it and rerun the workflow)"
+)
+
+
+def _chunks_of_step(array: Any, root: Path, index: int, name: str, layers: Sequence[str]):
+    """``(chunk file, what it holds)`` of every chunk of step ``index`` of ``array``."""
+    files = chunk_files(array, root, index)
+    if name != "d2":
+        return [(f, f"{name}") for f in files]
+    per_chunk = int(array.metadata.chunk_grid.chunk_shape[1])
+    named = []
+    for k, f in enumerate(files):  # the (i, j) axes are one chunk: one file per layer block
+        block = layers[k * per_chunk : (k + 1) * per_chunk]
+        named.append((f, f"d2 of layer(s) {', '.join(block)}"))
+    return named
+
+
+def _where(path: Any, handles: _SplitHandles, split: str, index: int) -> str:
+    step = int(handles.steps[index]) if index < len(handles.steps) else "?"
+    return f"distance cache {path}, run {handles.run}, split {split!r}, step {step} (index {index})"
+
+
+def _check_chunks(path: str, handles: _SplitHandles, split: str, index: int, names) -> None:
+    """Every chunk file of step ``index`` must exist: zarr would read a missing one as zeros."""
+    root = Path(path)
+    for name in names:
+        if name not in handles.checked:
+            continue
+        array = handles.arrays[name]
+        for chunk, what in _chunks_of_step(array, root / split, index, name, handles.layers):
+            if not chunk.is_file():
+                raise StoreError(
+                    f"{_where(path, handles, split, index)}: the chunk file "
+                    f"{chunk.relative_to(root)} ({what}) is missing although the step is marked "
+                    f"done; {_RECOMPUTE}"
+                )
+
+
+def _name_bad_chunk(path: str, handles: _SplitHandles, split: str, index: int, names, exc):
+    """The StoreError of a step that did not decode, naming the chunk (read one by one)."""
+    for name in names:
+        array = handles.arrays[name]
+        blocks = _chunks_of_step(array, Path(path) / split, index, name, handles.layers)
+        per = int(array.metadata.chunk_grid.chunk_shape[1]) if name == "d2" else 0
+        for k, (chunk, what) in enumerate(blocks):
+            try:
+                if name == "d2":
+                    array[index, k * per : (k + 1) * per]
+                else:
+                    array[index]
+            except Exception as inner:  # zarr raises several types for a damaged chunk
+                return StoreError(
+                    f"{_where(path, handles, split, index)}: the chunk file "
+                    f"{chunk.relative_to(path)} ({what}) cannot be decoded "
+                    f"({type(inner).__name__}: {inner}); it is truncated or corrupt. {_RECOMPUTE}"
+                )
+    return StoreError(
+        f"{_where(path, handles, split, index)}: the step cannot be read "
+        f"({type(exc).__name__}: {exc}); {_RECOMPUTE}"
+    )
 
 
 def read_step(
@@ -324,21 +539,36 @@ def read_step(
     The arrays are read concurrently with zarr's asynchronous API (the reads wait on I/O).
     ``layers=False`` skips the layer distances (``d2`` is then absent): presets that build their
     layer Grams from the activations do not need them.
+
+    Raises
+    ------
+    StoreError
+        A chunk of the step is missing, truncated or corrupt, or a label is negative; the
+        message names the cache, run, split, step and layer.
     """
     names = STEP_VARIABLES if layers else STEP_VARIABLES[1:]
-    arrays = _step_arrays(str(path), split)
+    path = str(path)
+    handles = _step_arrays(path, split)
+    _check_chunks(path, handles, split, index, names)
 
     async def rows() -> list[Any]:
-        return await asyncio.gather(*(arrays[n].async_array.getitem(index) for n in names))
+        return await asyncio.gather(*(handles.arrays[n].async_array.getitem(index) for n in names))
 
     if getattr(_loops, "loop", None) is None:
         _loops.loop = asyncio.new_event_loop()
-    data = {
-        n: np.asarray(row)
-        for n, row in zip(names, _loops.loop.run_until_complete(rows()), strict=True)
-    }
+    try:
+        values = _loops.loop.run_until_complete(rows())
+    except Exception as exc:  # zarr raises several types for a damaged chunk
+        raise _name_bad_chunk(path, handles, split, index, names, exc) from None
+    data = {n: np.asarray(row) for n, row in zip(names, values, strict=True)}
     data["nonfinite"] = data["nonfinite"].astype(bool, copy=False)
     data["nonfinite_x"] = data["nonfinite_x"].astype(bool, copy=False)
+    if data["y"].size and int(data["y"].min()) < 0:
+        negative = sorted(set(data["y"][data["y"] < 0].tolist()))[:5]
+        raise StoreError(
+            f"{_where(path, handles, split, index)}: negative label(s) {negative} in y; labels "
+            "are class numbers 0, 1, ...: fix the store's labels, then " + _RECOMPUTE
+        )
     return data
 
 
@@ -347,11 +577,10 @@ def nonfinite_points(path: str | Path) -> list[tuple[str, int, str]]:
     root = open_cache_root(path)
     points = []
     for split in root.attrs.get("splits", SPLITS):
-        group = root[split]
-        steps = np.asarray(group["step"][...])
+        steps = _read_meta(root, split, "step", path)
         layers = list(root.attrs["layers"])
-        bad = np.asarray(group["nonfinite"][...], dtype=bool)
-        bad_x = np.asarray(group["nonfinite_x"][...], dtype=bool)
+        bad = np.asarray(_read_meta(root, split, "nonfinite", path), dtype=bool)
+        bad_x = np.asarray(_read_meta(root, split, "nonfinite_x", path), dtype=bool)
         for t, step in enumerate(steps):
             names = (["x"] if bad_x[t] else []) + [
                 n for n, b in zip(layers, bad[t], strict=True) if b
@@ -400,6 +629,15 @@ def read_cached_widths(
     try:
         group = zarr.open_group(str(entry), mode="r", use_consolidated=False)
         attrs = dict(group.attrs)
+        owner = open_cache_root(cache).attrs.get("cache_id")
+        if attrs.get("cache_id") != owner:
+            log.warning(
+                "ignoring the kept widths %s: they were searched on another distance cache "
+                "(cache_id %s, this cache's is %s; copied or left from an earlier cache); "
+                "searching again",
+                entry, attrs.get("cache_id"), owner,
+            )  # fmt: skip
+            return None
         same = (
             attrs.get("search") == dict(search)
             and attrs.get("infoplane_version") == __version__
@@ -447,6 +685,8 @@ def write_cached_widths(
                     "search": dict(search),
                     "layers": list(layers),
                     "infoplane_version": __version__,
+                    # the cache the widths were searched on: a recreated cache has another
+                    "cache_id": open_cache_root(cache).attrs.get("cache_id"),
                     "failures": [[int(k), layer, why] for k, layer, why in widths.failures],
                 }
             )

@@ -33,9 +33,12 @@ per (split, step, layer) and ``H_X, H_Y`` per (split, step), with ``I = H + H - 
 Common to all::
 
     coordinates:                split, step, epoch(step), layer
-    attributes:                 estimator, preset (canonical JSON), source, store, run,
-                                experiment, seed, model, dataset, infoplane_version, units,
-                                nan_points (JSON list of [split, step, layer, reason], when any)
+    attributes:                 estimator, preset (canonical JSON), source, store,
+                                store_attrs_sha256 (the store's fingerprint), run, experiment,
+                                seed, model, dataset, infoplane_version, units, nan_points (JSON
+                                list of [split, step, layer, reason], when any),
+                                smoothed_across_nan (JSON list of [split, step, layer] whose
+                                smoothed width skipped an earlier NaN point of the layer)
 
 A stacked, experiment-level file adds a leading ``run`` dimension and the attributes ``runs`` and
 ``sources``.
@@ -50,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from infoplane.errors import InputError, StoreError
-from infoplane.io.files import replacing
+from infoplane.errors import InputError, StoreError, describe_os_error
+from infoplane.io.files import exclusive, replacing
 
 
 def build_result(
@@ -114,12 +117,22 @@ def build_result(
 
 
 def write_result(dataset: Any, out: str | Path) -> None:
-    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete."""
+    """Write a result (or stacked) Dataset to Zarr, replacing ``out`` only once it is complete.
+
+    Holds the lock of ``out`` (:func:`infoplane.io.files.exclusive`): a concurrent writer of the
+    same result fails with BusyError instead of mixing its files with these.
+    """
     import warnings
 
-    with replacing(out) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
-        dataset.to_zarr(str(tmp), mode="w", consolidated=True)
+    try:
+        with exclusive(out), replacing(out) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr: consolidated metadata is outside the v3 spec
+            dataset.to_zarr(str(tmp), mode="w", consolidated=True)
+    except OSError as exc:
+        raise StoreError(
+            f"result {out}: "
+            + describe_os_error(exc, f"{out} is unchanged (the old result, if any, is kept)")
+        ) from None
 
 
 def open_result(path: str | Path) -> Any:
@@ -158,7 +171,8 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
     Raises
     ------
     StoreError
-        The results were made with different presets, or run names repeat.
+        The results were made with different presets, belong to different experiments, have
+        different layers, come from the same store twice, or run names repeat.
     """
     import xarray as xr
 
@@ -175,6 +189,29 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
             f"cannot stack results of different estimator presets ({', '.join(names)}); "
             "stack the results of one preset at a time"
         )
+    experiments = {d.attrs.get("experiment") for d in datasets}
+    if len(experiments) > 1:
+        raise StoreError(
+            "cannot stack results of different experiments "
+            f"({', '.join(sorted(map(str, experiments)))}); stack the runs of one experiment"
+        )
+    layer_sets = {tuple(map(str, d["layer"].values)) for d in datasets if "layer" in d.coords}
+    if len(layer_sets) > 1:
+        raise StoreError(
+            "cannot stack results with different layers "
+            f"({' | '.join(map(', '.join, sorted(layer_sets)))}); estimate every run from "
+            "stores of the same model and capture settings"
+        )
+    seen: dict[str, int] = {}
+    for k, d in enumerate(datasets):
+        key = d.attrs.get("store_attrs_sha256") or ""
+        if key and key in seen:
+            raise StoreError(
+                f"results {seen[key]} and {k} ({d.attrs.get('source')}) were estimated from the "
+                f"same store (run {d.attrs.get('run')!r}): a run would be counted twice; pass "
+                "each run's result once"
+            )
+        seen[key] = k
     if len(runs) != len(datasets) or len(set(runs)) != len(runs):
         raise StoreError(
             f"run names must be unique, one per result; got {runs} (pass --runs / runs=...)"
@@ -204,7 +241,6 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
         "infoplane_version": first.get("infoplane_version", ""),
         "units": "bits",
     }
-    experiments = {d.attrs.get("experiment") for d in datasets}
     if len(experiments) == 1 and None not in experiments:
         stacked.attrs["experiment"] = experiments.pop()
     return stacked

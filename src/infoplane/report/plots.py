@@ -703,6 +703,20 @@ def training_figure(metrics: pd.DataFrame, *, title: str | None = None) -> Figur
 # Batch entry points (used by `infoplane plot`)
 
 
+def _check_plottable(mi: xr.Dataset) -> None:
+    """The dims and variables the figures read; InputError naming what is missing."""
+    missing_dims = [d for d in ("split", "step", "layer") if d not in mi.dims]
+    missing_vars = [v for v in ("I_XT", "I_TY", "H_X", "H_Y", "sigma") if v not in mi.data_vars]
+    if missing_dims or missing_vars:
+        what = [f"dimension(s) {', '.join(missing_dims)}"] if missing_dims else []
+        what += [f"variable(s) {', '.join(missing_vars)}"] if missing_vars else []
+        raise InputError(
+            f"these estimates lack the {' and '.join(what)} that the figures read; plot a "
+            "result as `infoplane estimate` or `infoplane stack` write it (a selection of one "
+            "split keeps the dimension with ds.sel(split=['train']))"
+        )
+
+
 def plot_estimates(
     mi: xr.Dataset | str | os.PathLike, out_dir: str | os.PathLike, *, tol: float = 1e-6
 ) -> list[Path]:
@@ -713,6 +727,7 @@ def plot_estimates(
     """
     if not hasattr(mi, "data_vars"):
         mi = open_result(mi)
+    _check_plottable(mi)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shares = data_processing_share(mi, tol=tol)

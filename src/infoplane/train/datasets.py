@@ -139,6 +139,74 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
+def _loader(name: str) -> Callable[..., Dataset]:
+    loaders: dict[str, Callable[..., Dataset]] = {
+        "digits": load_digits,
+        "mnist": load_mnist,
+        "cifar10": load_cifar10,
+        "npz": load_npz,
+        "synthetic": load_synthetic,
+    }
+    if name not in loaders:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return loaders[name]
+
+
+def check_dataset_options(name: str, options: Mapping[str, Any]) -> None:
+    """Unknown dataset or option: ConfigError naming the allowed ones (nothing is read)."""
+    allowed = [p for p in inspect.signature(_loader(name)).parameters if p != "root"]
+    unknown = sorted(set(options) - set(allowed) - {"root"})
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for dataset {name!r}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
+#: Sizes (train, test), sample shape and classes of the downloaded datasets' standard splits.
+_STANDARD_SPLITS = {
+    "mnist": ((60000, 10000), (1, 28, 28), 10),
+    "cifar10": ((50000, 10000), (3, 32, 32), 10),
+}
+
+
+def dataset_layout(
+    name: str, options: Mapping[str, Any]
+) -> tuple[int, int, tuple[int, ...], int] | None:
+    """``(n_train, n_test, sample shape, classes)`` of a dataset, cheaply; None when unknown.
+
+    No download and no image is read: digits and synthetic data are computed from their
+    options, MNIST and CIFAR-10 from the sizes of their standard files, an npz file from its
+    array headers (None while the file is absent).
+    """
+    root = options.get("root", "data")
+    options = {k: v for k, v in options.items() if k != "root"}
+    check_dataset_options(name, options)
+    _check_option_types(name, root, options)
+    if name == "digits":
+        data = load_digits(**options)
+        return len(data.y_train), len(data.y_test), tuple(data.x_train.shape[1:]), data.classes
+    if name == "synthetic":
+        shape = tuple(options.get("shape", (3, 32, 32)))
+        sizes = (int(options.get("train_size", 1000)), int(options.get("test_size", 200)))
+        return sizes[0], sizes[1], shape, int(options.get("classes", 10))
+    if name in _STANDARD_SPLITS:
+        (n_train, n_test), shape, classes = _STANDARD_SPLITS[name]
+        test = _resolve_test_size(
+            options.get("test_size"), options.get("test_fraction"), default=None
+        )
+        train = options.get("train_size")
+        if name == "mnist" and options.get("source", "full") == "t10k":
+            n = n_test
+            n_test = _count(0.2 if test is None else test, n, "test_size")
+            n_train = n - n_test if train is None else _count(train, n, "train_size")
+        else:
+            n_train = n_train if train is None else _count(train, n_train, "train_size")
+            n_test = n_test if test is None else _count(test, n_test, "test_size")
+        return n_train, n_test, shape, classes
+    return None  # npz: its arrays are read when the run starts
+
+
 def load_dataset(name: str, *, root: str | os.PathLike = "data", **options: Any) -> Dataset:
     """Load a dataset by name.
 
@@ -163,23 +231,8 @@ def load_dataset(name: str, *, root: str | os.PathLike = "data", **options: Any)
     DataError
         Files missing, corrupt, failing verification or not downloadable.
     """
-    loaders: dict[str, Callable[..., Dataset]] = {
-        "digits": load_digits,
-        "mnist": load_mnist,
-        "cifar10": load_cifar10,
-        "npz": load_npz,
-        "synthetic": load_synthetic,
-    }
-    if name not in loaders:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    loader = loaders[name]
-    allowed = [p for p in inspect.signature(loader).parameters if p != "root"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for dataset {name!r}; "
-            f"allowed: {', '.join(allowed)}"
-        )
+    loader = _loader(name)
+    check_dataset_options(name, options)
     _check_option_types(name, root, options)
     return loader(root=root, **options)
 
@@ -880,6 +933,13 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
     import zipfile
 
     try:
+        # numpy reads a file that is neither a zip nor an .npy as a pickle, and refuses it as
+        # "object data": say what it is instead
+        if file.is_file() and not zipfile.is_zipfile(file):
+            raise DataError(
+                f"{file} is not a .npz file (not a zip archive); write it with numpy.savez or "
+                "numpy.savez_compressed"
+            )
         with np.load(file, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except FileNotFoundError:

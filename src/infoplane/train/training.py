@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from infoplane.config import experiment_factories, resolve_experiment, seed_from_run
-from infoplane.errors import ConfigError, StoreError, TrainingError
-from infoplane.io.files import canonical_json, write_bytes_atomically
+from infoplane.errors import ConfigError, StoreError, TrainingError, describe_os_error
+from infoplane.io.files import canonical_json, exclusive, write_bytes_atomically
 from infoplane.io.store import SPLITS, StoreReader, create_store, open_writer
 from infoplane.train.schedule import capture_steps, epochs_of, iterations_per_epoch
 
@@ -813,8 +813,39 @@ def train_run(
         does not belong to this run.
     """
     final_store = Path(out_store)
+    train_dir = final_store.parent if work_dir is None else Path(work_dir)
+    # one writer per run: a second train of the same store (or work directory) fails here,
+    # before it touches anything (say orphaned jobs of a killed workflow still running)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(exclusive(final_store, what="training into"))
+        if train_dir != final_store.parent:
+            locks.enter_context(exclusive(train_dir, what="training in"))
+        try:
+            return _train_run(
+                settings, run=run, final_store=final_store, train_dir=train_dir,
+                progress=progress, device=device, restart=restart, work_dir=work_dir,
+            )  # fmt: skip
+        except OSError as exc:
+            kept = (
+                f"the captured steps of {train_dir / final_store.name} and the last checkpoint "
+                "(written after every epoch) are kept, and the same command resumes from them"
+            )
+            raise TrainingError(f"training {final_store}: {describe_os_error(exc, kept)}") from None
+
+
+def _train_run(
+    settings: Mapping[str, Any],
+    *,
+    run: str,
+    final_store: Path,
+    train_dir: Path,
+    progress: Progress | str | None,
+    device: DeviceName | None,
+    restart: bool,
+    work_dir: str | os.PathLike | None,
+) -> TrainResult:
+    """:func:`train_run` with the locks of the run held."""
     run_dir = final_store.parent
-    train_dir = run_dir if work_dir is None else Path(work_dir)
     store = train_dir / final_store.name
     train_dir.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)

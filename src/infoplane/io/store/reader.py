@@ -63,15 +63,26 @@ class StorePlan:
         return math.prod(self.input_shape)
 
 
-def _captured_rows(group: zarr.Group, split: str, path: Path) -> np.ndarray:
+def read_whole(group: zarr.Group, name: str, split: str, path: Path) -> np.ndarray:
+    """A per-step metadata array (``step``, ``epoch``, ``captured``) in full, checked.
+
+    A chunk that does not decode (truncated, corrupt) or damaged metadata is a StoreError
+    naming the store and split. (A missing chunk reads as the fill value, as zarr writes no
+    chunk that equals it: False flags, NaN epochs, or steps of 0, which validation reports.)
+    """
     try:
-        captured = np.asarray(group["captured"][...], dtype=bool)
-    except Exception as exc:  # zarr raises several types for a damaged chunk
+        return np.asarray(group[name][...])
+    except Exception as exc:  # zarr raises several types for a damaged chunk or metadata
+        what = {"captured": "the captured flags", "step": "the steps", "epoch": "the epochs"}
         raise StoreError(
-            f"split {split!r} of {path}: the captured flags cannot be read ({exc}); "
-            "run `infoplane store validate` for details"
-        ) from exc
-    return np.flatnonzero(captured)
+            f"store {path}, split {split!r}: {what.get(name, name)} ({name!r}) cannot be read "
+            f"({type(exc).__name__}: {exc}); it is truncated or corrupt: run "
+            f"`infoplane store validate {path}` for details, then restore the store from a copy"
+        ) from None
+
+
+def _captured_rows(group: zarr.Group, split: str, path: Path) -> np.ndarray:
+    return np.flatnonzero(np.asarray(read_whole(group, "captured", split, path), dtype=bool))
 
 
 def read_store_plan(path: str | os.PathLike, splits: Sequence[str] | None = None) -> StorePlan:
@@ -108,28 +119,19 @@ def read_store_plan(path: str | os.PathLike, splits: Sequence[str] | None = None
     layer_shapes: dict[str, tuple[int, ...]] = {}
     input_shape: tuple[int, ...] = ()
     for split in wanted:
-        group = root[split]
-        names = set(group.array_keys())
-        for name in ["x", "y", "step", "captured", *layers]:
-            if name not in names:
-                raise StoreError(
-                    f"store {path}, split {split!r}: variable {name!r} is missing "
-                    f"(layers listed in the store attributes: {', '.join(layers)})"
-                )
-        rows = _captured_rows(group, split, path)
-        steps = np.asarray(group["step"][...], dtype=np.int64)
-        epochs = (
-            np.asarray(group["epoch"][...], dtype=np.float64)
-            if "epoch" in names
-            else np.full(steps.shape, np.nan)
-        )
-        rows = rows[np.argsort(steps[rows], kind="stable")]
-        plans[split] = SplitPlan(split, steps[rows], epochs[rows], rows, int(group["y"].shape[1]))
-        for name in layers:
-            shape = tuple(int(s) for s in group[name].shape[2:])
+        try:
+            plans[split], shapes, input_shape = _plan_split(root, split, path, layers)
+        except StoreError:
+            raise
+        except Exception as exc:  # zarr raises several types for damaged metadata
+            raise StoreError(
+                f"store {path}, split {split!r}: its metadata cannot be read "
+                f"({type(exc).__name__}: {exc}); run `infoplane store validate {path}` to see "
+                "which file is damaged, then restore the store from a copy"
+            ) from None
+        for name, shape in shapes.items():
             if layer_shapes.setdefault(name, shape) != shape:
                 raise StoreError(f"store {path}: layer {name!r} has different shapes per split")
-        input_shape = tuple(int(s) for s in group["x"].shape[2:])
     if not any(len(p.steps) for p in plans.values()):
         raise StoreError(
             f"store {path} has no captured step in split(s) {', '.join(wanted)}; "
@@ -139,6 +141,39 @@ def read_store_plan(path: str | os.PathLike, splits: Sequence[str] | None = None
     return StorePlan(
         str(path.resolve()), layers, layer_shapes, input_shape, plans, keep, digest(attrs)
     )
+
+
+def _plan_split(
+    root: zarr.Group, split: str, path: Path, layers: Sequence[str]
+) -> tuple[SplitPlan, dict[str, tuple[int, ...]], tuple[int, ...]]:
+    """The plan of one split, its layer shapes and its input shape."""
+    group = root[split]
+    names = set(group.array_keys())
+    for name in ["x", "y", "step", "captured", *layers]:
+        if name not in names:
+            raise StoreError(
+                f"store {path}, split {split!r}: variable {name!r} is missing "
+                f"(layers listed in the store attributes: {', '.join(layers)})"
+            )
+    rows = _captured_rows(group, split, path)
+    steps = np.asarray(read_whole(group, "step", split, path), dtype=np.int64)
+    epochs = (
+        np.asarray(read_whole(group, "epoch", split, path), dtype=np.float64)
+        if "epoch" in names
+        else np.full(steps.shape, np.nan)
+    )
+    rows = rows[np.argsort(steps[rows], kind="stable")]
+    captured_steps = steps[rows]
+    if captured_steps.size and (captured_steps.min() < 0 or (np.diff(captured_steps) <= 0).any()):
+        raise StoreError(
+            f"store {path}, split {split!r}: the captured steps {captured_steps[:10].tolist()} "
+            "are not distinct training iterations >= 0 in increasing order (a lost or damaged "
+            f"'step' chunk reads as its fill value); run `infoplane store validate {path}` for "
+            "details, then restore the store from a copy"
+        )
+    plan = SplitPlan(split, steps[rows], epochs[rows], rows, int(group["y"].shape[1]))
+    shapes = {name: tuple(int(s) for s in group[name].shape[2:]) for name in layers}
+    return plan, shapes, tuple(int(s) for s in group["x"].shape[2:])
 
 
 def _read_rows(
@@ -194,7 +229,7 @@ class StoreReader:
                     f"split {split!r} is not in {self.path}; it has {splits_of(self._root)}"
                 )
             group = self._root[split]
-            self._groups[split] = (group, np.asarray(group["step"][...]))
+            self._groups[split] = (group, read_whole(group, "step", split, self.path))
         return self._groups[split]
 
     def where(self, split: str, name: str, steps: np.ndarray, rows: Sequence[int]) -> str:
@@ -204,10 +239,20 @@ class StoreReader:
     def read(self, split: str, name: str, row: int) -> np.ndarray:
         """Row ``row`` (a position on the store's step axis) of variable ``name``."""
         group, steps = self._group(split)
-        if name not in group.array_keys():
-            raise StoreError(f"store {self.path}, split {split!r}: variable {name!r} is missing")
+        try:
+            array = group[name]
+        except KeyError:
+            raise StoreError(
+                f"store {self.path}, split {split!r}: variable {name!r} is missing"
+            ) from None
+        except Exception as exc:  # zarr raises several types for damaged metadata
+            raise StoreError(
+                f"store {self.path}, split {split!r}, variable {name!r}: its metadata "
+                f"({name}/zarr.json) cannot be read ({type(exc).__name__}: {exc}); restore it "
+                f"from a copy (`infoplane store validate {self.path}` lists every damaged file)"
+            ) from None
         where = functools.partial(self.where, split, name, steps)
-        return _read_rows(group[name], self.path, where, np.array([row]))[0]
+        return _read_rows(array, self.path, where, np.array([row]))[0]
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -316,10 +361,19 @@ def open_activations(path: str | os.PathLike, split: str) -> xr.Dataset:
     layers = [str(n) for n in reader.attrs.get("layers", [])]
     order = [n for n in ("index", "x", "y", *layers) if n in data_vars]
     data_vars = {n: data_vars[n] for n in [*order, *(n for n in data_vars if n not in order)]}
-    coords = {
-        name: coord.variable[rows].load() if coord.dims[:1] == ("step",) else coord.variable.load()
-        for name, coord in lazy.coords.items()
-    }
+    try:
+        coords = {
+            name: coord.variable[rows].load()
+            if coord.dims[:1] == ("step",)
+            else coord.variable.load()
+            for name, coord in lazy.coords.items()
+        }
+    except Exception as exc:  # zarr raises several types for a damaged chunk
+        raise StoreError(
+            f"store {path}, split {split!r}: a coordinate (step, epoch) cannot be read "
+            f"({type(exc).__name__}: {exc}); it is truncated or corrupt: run `infoplane store "
+            f"validate {path}` for details, then restore the store from a copy"
+        ) from None
     attrs = {**reader.attrs, **lazy.attrs, "split": split}
     view = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     # one step per dask chunk: a task reads exactly the chunk(s) of its own step; a fresh token

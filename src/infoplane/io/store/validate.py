@@ -371,6 +371,15 @@ def _check_structure(
             "rewrite it with the training iteration of every scheduled step"
         )
         return False
+    if "epoch" in present:
+        try:
+            present["epoch"][:]
+        except Exception as exc:  # zarr raises several types for a damaged chunk
+            found.error(
+                f"split {split!r}, variable 'epoch': cannot be read ({type(exc).__name__}: "
+                f"{exc}); it is truncated or corrupt: rewrite it with the epoch of every "
+                "scheduled step (or restore the store from a copy)"
+            )
     bad = np.flatnonzero(np.diff(steps) <= 0)
     if bad.size:
         k = int(bad[0])
@@ -581,6 +590,20 @@ def _check_captured_chunks(
         )
         return
     steps = np.asarray(group["step"][:])
+    if "epoch" in group.array_keys():
+        try:
+            epochs = np.asarray(group["epoch"][:], dtype=np.float64)
+        except Exception:  # reported by _check_structure
+            epochs = None
+        if epochs is not None and epochs.shape == captured.shape:
+            lost = [int(r) for r in rows if not np.isfinite(epochs[r])]
+            if lost:
+                found.warn(
+                    f"split {split!r}, variable 'epoch', {_steps_text(steps, lost)}: NaN (the "
+                    "fill value) although the step is captured, so its chunk was lost or never "
+                    "written; results carry no epoch for these steps: write epoch(step) again "
+                    "or restore the store from a copy"
+                )
     for name in ("index", "x", "y", *layers):
         if name in group.array_keys():
             scan = _scan_chunks(group[name], path, rows)
@@ -685,6 +708,22 @@ def _report_chunks(
         )
 
 
+def _check_metadata_files(path: Path, split: str, found: _Findings) -> bool:
+    """Every ``zarr.json`` of the split group and its arrays must parse; False when one does not."""
+    folder = path / split
+    for meta in [folder / "zarr.json", *sorted(folder.glob("*/zarr.json"))]:
+        try:
+            json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            found.error(
+                f"split {split!r}: the metadata file {meta.relative_to(path)} cannot be read "
+                f"({type(exc).__name__}: {exc}); it is truncated or corrupt: restore it from a "
+                "copy, or rewrite the store"
+            )
+            return False
+    return True
+
+
 def _open_for_check(path: Path, found: _Findings) -> zarr.Group | None:
     if not (path / "zarr.json").is_file() and (path / ".zgroup").is_file():
         found.error(
@@ -728,7 +767,9 @@ def validate_store(path: str | os.PathLike) -> StoreReport:
         return found.report()
     p = str(path)
     splits = splits_of(root)
-    layers = _check_root(root, splits, p, found)
+    # a split whose metadata zarr cannot parse is reported and left out of the other checks
+    readable = [split for split in splits if _check_metadata_files(path, split, found)]
+    layers = _check_root(root, readable, p, found)
     if not splits:
         found.error(
             f"no split group; write each probe split as its own group, some of {list(SPLITS)} "
@@ -744,7 +785,7 @@ def validate_store(path: str | os.PathLike) -> StoreReport:
         return found.report()  # the variables to check are not known
     written_by_infoplane = "infoplane_version" in root.attrs
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-    for split in splits:
+    for split in readable:
         group = root[split]
         if not _check_structure(group, split, layers, found):
             continue  # the other checks assume the layout is right
@@ -802,6 +843,9 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     info["splits"] = {}
     raw_total = stored_total = 0
     for split in splits_of(root):
+        broken = _Findings()
+        if not _check_metadata_files(path, split, broken):
+            raise StoreError(f"store {path}: {broken.errors[0]}")
         group = root[split]
         names = set(group.array_keys())
         entry: dict[str, Any] = {"variables": {}}
