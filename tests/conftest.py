@@ -41,3 +41,17 @@ def client():
         Client(cluster) as shared,
     ):
         yield shared
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, client):
+    """A store of 4 steps (N = 12 train, 10 test) and its distance cache."""
+    from infoplane.estimate.distances import compute_distances
+    from infoplane.testing import make_store
+
+    root = tmp_path_factory.mktemp("run")
+    store = make_store(
+        root / "activations.zarr", steps=(0, 10, 20, 30), n={"train": 12, "test": 10}
+    )
+    compute_distances(store, root / "distances.zarr", client=client)
+    return root

@@ -29,14 +29,6 @@ from infoplane.testing import assert_invariants, assert_results_identical, make_
 STEPS = (0, 10, 20, 30)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, client):
-    root = tmp_path_factory.mktemp("run")
-    store = make_store(root / "activations.zarr", steps=STEPS, n={"train": 12, "test": 10})
-    compute_distances(store, root / "distances.zarr", client=client)
-    return root
-
-
 # ---------------------------------------------------------------------------------------------
 # binning
 
@@ -284,16 +276,18 @@ def test_binning_estimate_reads_the_store_and_holds_its_invariants(run_dir, clie
 
 
 def test_kde_estimate_works_from_the_cache_alone(tmp_path, client):
-    store = make_store(tmp_path / "activations.zarr", steps=STEPS)
-    compute_distances(store, tmp_path / "distances.zarr", client=client)
-    (tmp_path / "activations.zarr").rename(tmp_path / "gone.zarr")
-    result = estimate(
-        tmp_path / "distances.zarr", resolve_preset(None, "kde"), name="kde", client=client
-    )
+    results = []
+    for seed in (0, 1):  # two runs, to check a stack of them too
+        run = tmp_path / f"seed{seed}"
+        store = make_store(run / "activations.zarr", steps=STEPS, seed=seed, run=f"seed{seed}")
+        compute_distances(store, run / "distances.zarr", client=client)
+        (run / "activations.zarr").rename(run / "gone.zarr")
+        kde = resolve_preset(None, "kde")
+        results.append(estimate(run / "distances.zarr", kde, name="kde", client=client))
+    result = results[0]
     assert (result["I_XT_upper"] >= result["I_XT_lower"] - 1e-12).all()
     assert_invariants(result, allow_nan=False)
-    stacked = stack_runs([result, result], runs=["a", "b"])
-    assert_invariants(stacked, allow_nan=False)
+    assert_invariants(stack_runs(results), allow_nan=False)
 
 
 def test_the_check_knows_each_estimators_invariants(run_dir, client):

@@ -27,15 +27,6 @@ from infoplane.testing import assert_results_allclose, assert_results_identical,
 STEPS = (0, 10, 20, 30)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, client):
-    """A store of 4 steps (N = 12 train, 10 test) and its distance cache."""
-    root = tmp_path_factory.mktemp("run")
-    store = make_store(root / "activations.zarr", steps=STEPS, n={"train": 12, "test": 10})
-    compute_distances(store, root / "distances.zarr", client=client)
-    return root
-
-
 def test_result_holds_every_variable_and_the_resolved_preset(run_dir, client):
     out = run_dir / "mi" / "paper.zarr"
     preset = resolve_preset(None, "paper")
