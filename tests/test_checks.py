@@ -9,7 +9,7 @@ from infoplane.errors import StoreError
 from infoplane.estimate.pipeline import estimate
 from infoplane.io.results import stack_runs, write_result
 from infoplane.presets import resolve_preset
-from infoplane.report.checks import check_result, nan_points
+from infoplane.report.checks import check_result, degenerate_estimates, nan_points
 from infoplane.testing import assert_invariants, make_store
 
 
@@ -154,3 +154,30 @@ def test_real_estimates_satisfy_every_invariant(tmp_path, client):
     for name in ("paper", "paper-alpha1.01", "silverman", "multivariate"):
         result = estimate(store, resolve_preset(None, name), name=name, client=client)
         assert_invariants(result)
+
+
+def test_degenerate_estimates_are_flagged_with_the_remedy(tmp_path, capsys):
+    ds = consistent_result(n_steps=3, layers=("a", "b"))  # N = 8: log2 N = 3 bits
+    train = {"split": "train"}
+    ds["H_X"].loc[train] = 3.0  # saturated at every step of train (so is the joint)
+    ds["H_XT"].loc[train] = 3.0
+    ds["I_XT"].loc[train] = 3.0 + 1.0 - 3.0
+    point = {"split": "test", "layer": "b", "step": int(ds["step"][1])}
+    for name, value in (("H_T", 0.0), ("H_XT", 2.0), ("I_XT", 0.0), ("H_TY", 1.5), ("I_TY", 0.0)):
+        ds[name].loc[point] = value  # a collapsed layer, the rest consistent with it
+    assert check_result(ds) == []
+    found = degenerate_estimates(ds)
+    kinds = {(d.quantity, d.kind, tuple(sorted(d.where.items()))) for d in found}
+    assert ("H_X", "saturated", (("split", "train"),)) in kinds
+    assert ("H_T", "collapsed", (("layer", "b"), ("split", "test"))) in kinds
+    saturated = next(d for d in found if d.quantity == "H_X")
+    assert saturated.steps == [int(s) for s in ds["step"].values]
+    assert "scale the inputs to [0, 1]" in str(saturated) and "input_width" in str(saturated)
+    assert not degenerate_estimates(consistent_result())
+
+    write_result(ds, tmp_path / "degenerate.zarr")
+    assert main(["check", str(tmp_path / "degenerate.zarr")]) == 0  # warnings do not fail
+    out = capsys.readouterr().out
+    assert "WARNING split train: H_X is saturated" in out
+    assert "H_XT is saturated" in out and "H_T is collapsed" in out
+    assert "4 degenerate estimate(s)" in out  # H_X; H_XT of layers a and b; H_T of b

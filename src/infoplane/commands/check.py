@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Report every (split, step, layer) of a result that breaks 0 <= S <= log2 N, "
             "max(S(A), S(B)) <= S(A,B) <= S(A) + S(B), 0 <= I(X;T) <= min(S(X), S(T)) or "
-            "I(T;Y) <= S(Y), and every NaN point. Exits 1 when an invariant is broken."
+            "I(T;Y) <= S(Y), and every NaN point. Exits 1 when an invariant is broken. Also "
+            "warns, with the remedy, where H(X), H(T) or H(X,T) is degenerate: saturated at "
+            "log2 N (the kernel is too narrow: every sample its own cluster) or collapsed at 0."
         ),
     )
     parser.add_argument("result", help="result file (mi/<estimator>.zarr), per run or stacked")
@@ -30,7 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from infoplane.report.checks import DEFAULT_TOLERANCE, check_result, nan_points
+    from infoplane.report.checks import (
+        DEFAULT_TOLERANCE,
+        check_result,
+        degenerate_estimates,
+        nan_points,
+    )
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     violations = check_result(args.result, tolerance=tolerance)
@@ -43,12 +50,18 @@ def run(args: argparse.Namespace) -> int:
         print("NaN " + ", ".join(f"{key} {value}" for key, value in point.items()))
     if len(missing) > _SHOWN:
         print(f"... and {len(missing) - _SHOWN} more NaN points")
+    degenerate = degenerate_estimates(args.result)
+    for entry in degenerate[:_SHOWN]:
+        print(f"WARNING {entry}")
+    if len(degenerate) > _SHOWN:
+        print(f"... and {len(degenerate) - _SHOWN} more degenerate estimates")
     counts = Counter(v.invariant for v in violations)
     summary = "; ".join(f"{name}: {count}" for name, count in counts.items())
     print(
         f"{args.result}: {len(violations)} violation(s)"
         + (f" ({summary})" if summary else "")
-        + f", {len(missing)} NaN point(s), tolerance {tolerance:g} bits"
+        + f", {len(missing)} NaN point(s), {len(degenerate)} degenerate estimate(s), "
+        f"tolerance {tolerance:g} bits"
     )
     if violations or (args.fail_on_nan and missing):
         return 1

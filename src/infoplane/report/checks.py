@@ -154,6 +154,80 @@ def _estimator_checks(ds: Any, estimator: str, log2n: Any, tol: float) -> list:
     return checks
 
 
+#: Degenerate estimates are flagged within this many bits of log2 N (saturated) or of 0
+#: (collapsed).
+DEGENERATE_BITS = 1e-2
+#: What a degenerate estimate of each entropy means and how to fix it: (saturated, collapsed).
+_REMEDIES = {
+    "H_X": (
+        "the input kernel is too narrow for the inputs, every sample its own cluster (inputs "
+        "spanning 0-255 with sigma_X = 8, say): scale the inputs to [0, 1] (dataset normalize: "
+        "unit) or use input_width: {rule: median}",
+        "the input kernel is so wide that all inputs look alike: use a smaller input_width "
+        "sigma or input_width: {rule: median}",
+    ),
+    "H_T": (
+        "the layer kernel is too narrow for the activations, every sample its own cluster: use "
+        "a wider layer_width (a larger sigma, or rule: alignment / median)",
+        "the layer kernel is so wide, or the layer so constant, that all samples look alike: "
+        "use a narrower layer_width, or check the layer is not dead",
+    ),
+}
+_REMEDIES["H_XT"] = (
+    "the joint Gram K_X∘K_T is nearly diagonal, so I(X;T) = H(X) + H(T) - log2 N says little: "
+    "widen the input or the layer kernel (a larger input_width or layer_width sigma)",
+    "the joint Gram is nearly constant: narrow the input and layer kernels",
+)
+
+
+@dataclass(frozen=True)
+class Degenerate:
+    """A run of points whose entropy sits at log2 N (saturated) or at 0 (collapsed)."""
+
+    quantity: str  # H_X, H_T or H_XT
+    kind: str  # "saturated" | "collapsed"
+    where: dict[str, Any]  # split (and run, layer) of the points
+    steps: list[Any]
+    remedy: str
+
+    def __str__(self) -> str:
+        place = ", ".join(f"{key} {value}" for key, value in self.where.items())
+        shown = ", ".join(map(str, self.steps[:5])) + (" ..." if len(self.steps) > 5 else "")
+        bound = "log2 N" if self.kind == "saturated" else "0 bits"
+        return (
+            f"{place}: {self.quantity} is {self.kind} (within {DEGENERATE_BITS:g} bits of "
+            f"{bound}) at {len(self.steps)} step(s) ({shown}); {self.remedy}"
+        )
+
+
+def degenerate_estimates(result: Any, *, bits: float = DEGENERATE_BITS) -> list[Degenerate]:
+    """Where H(X), H(T) or H(X,T) is saturated (>= log2 N - bits) or collapsed (<= bits).
+
+    Such estimates break no invariant, but say nothing of the network: the kernel is too narrow
+    (every sample its own cluster) or too wide. One entry per quantity, kind, split, run and
+    layer, listing its steps and the remedy.
+    """
+    ds = _as_dataset(result)
+    log2n = np.log2(_n_samples(ds))
+    found = []
+    for name in ("H_X", "H_T", "H_XT"):
+        values = ds[name]
+        for kind, mask in (
+            ("saturated", values >= log2n - bits),
+            ("collapsed", values <= bits),
+        ):
+            mask = mask.fillna(False).astype(bool)
+            groups = [d for d in ("run", "split", "layer") if d in mask.dims]
+            mask = mask.transpose(*groups, "step")
+            remedy = _REMEDIES[name][0 if kind == "saturated" else 1]
+            for position in np.argwhere(mask.values.any(axis=-1)):
+                index = tuple(position)
+                where = {d: _plain(mask[d].values[i]) for d, i in zip(groups, index, strict=True)}
+                steps = [_plain(s) for s in mask["step"].values[mask.values[index]]]
+                found.append(Degenerate(name, kind, where, steps, remedy))
+    return found
+
+
 def _preset(result: Any) -> dict[str, Any]:
     """The result's preset mapping (empty when the result does not record one)."""
     preset = result.attrs.get("preset") or {}
