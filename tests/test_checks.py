@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from infoplane.cli import main
 from infoplane.errors import StoreError
@@ -10,40 +9,16 @@ from infoplane.estimate.pipeline import estimate
 from infoplane.io.results import stack_runs, write_result
 from infoplane.presets import resolve_preset
 from infoplane.report.checks import check_result, degenerate_estimates, nan_points
-from infoplane.testing import assert_invariants, make_store
-
-
-def consistent_result(n_steps=3, layers=("a", "b")) -> xr.Dataset:
-    """A result that satisfies every invariant: N = 8 (log2 N = 3 bits)."""
-    shape3, shape2 = (2, n_steps, len(layers)), (2, n_steps)
-    hx, hy, ht, hxt, hty = 2.0, 1.5, 1.0, 2.5, 2.0
-    dims3, dims2 = ("split", "step", "layer"), ("split", "step")
-    return xr.Dataset(
-        {
-            "H_X": (dims2, np.full(shape2, hx)),
-            "H_Y": (dims2, np.full(shape2, hy)),
-            "H_T": (dims3, np.full(shape3, ht)),
-            "H_XT": (dims3, np.full(shape3, hxt)),
-            "H_TY": (dims3, np.full(shape3, hty)),
-            "I_XT": (dims3, np.full(shape3, hx + ht - hxt)),
-            "I_TY": (dims3, np.full(shape3, ht + hy - hty)),
-            "n_samples": (("split",), np.array([8, 8])),
-        },
-        coords={
-            "split": ["train", "test"],
-            "step": np.arange(n_steps) * 10,
-            "layer": list(layers),
-        },
-    )
+from infoplane.testing import assert_invariants, make_result, make_store
 
 
 def test_consistent_result_has_no_violation():
-    assert check_result(consistent_result()) == []
-    assert nan_points(consistent_result()) == []
+    assert check_result(make_result()) == []
+    assert nan_points(make_result()) == []
 
 
 def test_each_broken_invariant_is_reported_with_its_point():
-    ds = consistent_result()
+    ds = make_result()
     point = {"split": "test", "step": 10, "layer": "b"}
     ds["H_T"].loc[point] = 3.5  # > log2 8, and breaks the joint and MI bounds it enters
     found = check_result(ds)
@@ -67,7 +42,7 @@ def test_each_broken_invariant_is_reported_with_its_point():
     ],
 )
 def test_single_violations(variable, value, invariant):
-    ds = consistent_result()
+    ds = make_result()
     ds[variable].loc[{"split": "train", "step": 0, "layer": "a"}] = value
     assert invariant in {v.invariant for v in check_result(ds)}
 
@@ -75,7 +50,7 @@ def test_single_violations(variable, value, invariant):
 @pytest.mark.parametrize(("alpha", "flagged"), [(1.0, True), (0.5, True), (2.0, False)])
 def test_subadditivity_is_checked_only_where_it_is_a_theorem(alpha, flagged):
     # for alpha > 1 the matrix-based joint entropy may exceed the sum of its marginals
-    ds = consistent_result()
+    ds = make_result()
     ds.attrs["preset"] = json.dumps({"alpha": alpha})
     point = {"split": "train", "step": 0, "layer": "a"}
     ds["H_XT"].loc[point] = 3.05
@@ -87,7 +62,7 @@ def test_subadditivity_is_checked_only_where_it_is_a_theorem(alpha, flagged):
 
 
 def test_log2n_bound_uses_each_splits_probe_size():
-    ds = consistent_result()
+    ds = make_result()
     ds["n_samples"][:] = [8, 4]  # test: log2 4 = 2 < H_XT = 2.5
     found = check_result(ds)
     assert found and {v.where["split"] for v in found} == {"test"}
@@ -106,7 +81,7 @@ def test_missing_or_unreadable_result_files_name_the_remedy(tmp_path):
 
 
 def test_tolerance():
-    ds = consistent_result()
+    ds = make_result()
     point = {"split": "train", "step": 0, "layer": "a"}
     # rounding-sized excess: H_XT a hair above H_X + H_T (and log2 N), I_XT a hair below 0
     ds["H_XT"].loc[point] = 3.0 + 1e-9
@@ -116,14 +91,14 @@ def test_tolerance():
 
 
 def test_nan_points_are_listed_not_violations():
-    ds = consistent_result()
+    ds = make_result()
     ds["I_XT"].loc[{"split": "train", "step": 20, "layer": "a"}] = np.nan
     assert check_result(ds) == []
     assert nan_points(ds) == [{"split": "train", "step": 20, "layer": "a"}]
 
 
 def test_stacked_results_name_the_run():
-    ds = stack_runs([consistent_result(), consistent_result()], runs=["seed0", "seed1"])
+    ds = stack_runs([make_result(), make_result()], runs=["seed0", "seed1"])
     ds["H_TY"].loc[{"run": "seed1", "split": "train", "step": 0, "layer": "a"}] = 9.0
     found = check_result(ds)
     assert found and all(v.where["run"] == "seed1" for v in found)
@@ -131,10 +106,10 @@ def test_stacked_results_name_the_run():
 
 def test_check_command_exit_codes(tmp_path, capsys):
     good = tmp_path / "good.zarr"
-    write_result(consistent_result(), good)
+    write_result(make_result(), good)
     assert main(["check", str(good)]) == 0
     assert "0 violation(s)" in capsys.readouterr().out
-    bad = consistent_result()
+    bad = make_result()
     bad["I_TY"].loc[{"split": "test", "step": 20, "layer": "a"}] = 2.0
     bad["H_X"].loc[{"split": "train", "step": 0}] = np.nan
     write_result(bad, tmp_path / "bad.zarr")
@@ -142,7 +117,7 @@ def test_check_command_exit_codes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "VIOLATION split test, step 20, layer a: I_TY <= min of the entropies" in out
     assert "NaN split train, step 0, layer a" in out
-    nan_only = consistent_result()
+    nan_only = make_result()
     nan_only["H_T"][:] = np.nan
     write_result(nan_only, tmp_path / "nan.zarr")
     assert main(["check", str(tmp_path / "nan.zarr")]) == 0
@@ -157,7 +132,7 @@ def test_real_estimates_satisfy_every_invariant(tmp_path, client):
 
 
 def test_degenerate_estimates_are_flagged_with_the_remedy(tmp_path, capsys):
-    ds = consistent_result(n_steps=3, layers=("a", "b"))  # N = 8: log2 N = 3 bits
+    ds = make_result(n_steps=3, layers=("a", "b"))  # N = 8: log2 N = 3 bits
     train = {"split": "train"}
     ds["H_X"].loc[train] = 3.0  # saturated at every step of train (so is the joint)
     ds["H_XT"].loc[train] = 3.0
@@ -173,7 +148,7 @@ def test_degenerate_estimates_are_flagged_with_the_remedy(tmp_path, capsys):
     saturated = next(d for d in found if d.quantity == "H_X")
     assert saturated.steps == [int(s) for s in ds["step"].values]
     assert "scale the inputs to [0, 1]" in str(saturated) and "input_width" in str(saturated)
-    assert not degenerate_estimates(consistent_result())
+    assert not degenerate_estimates(make_result())
 
     write_result(ds, tmp_path / "degenerate.zarr")
     assert main(["check", str(tmp_path / "degenerate.zarr")]) == 0  # warnings do not fail

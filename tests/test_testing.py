@@ -21,6 +21,7 @@ from infoplane.testing import (
     assert_invariants,
     assert_results_allclose,
     assert_results_identical,
+    make_result,
     make_store,
 )
 
@@ -166,22 +167,7 @@ def test_bad_layout_leaves_nothing_and_overwrite_replaces(tmp_path):
 
 def small_result() -> xr.Dataset:
     """A result that satisfies every invariant: N = 8 (log2 N = 3 bits)."""
-    dims3, dims2, shape3, shape2 = ("split", "step", "layer"), ("split", "step"), (2, 2, 2), (2, 2)
-    hx, hy, ht, hxt, hty = 2.0, 1.5, 1.0, 2.5, 2.0
-    return xr.Dataset(
-        {
-            "H_X": (dims2, np.full(shape2, hx)),
-            "H_Y": (dims2, np.full(shape2, hy)),
-            "H_T": (dims3, np.full(shape3, ht)),
-            "H_XT": (dims3, np.full(shape3, hxt)),
-            "H_TY": (dims3, np.full(shape3, hty)),
-            "I_XT": (dims3, np.full(shape3, hx + ht - hxt)),
-            "I_TY": (dims3, np.full(shape3, ht + hy - hty)),
-            "n_samples": (("split",), np.array([8, 8])),
-        },
-        coords={"split": ["train", "test"], "step": [0, 10], "layer": ["a", "b"]},
-        attrs={"estimator": "paper", "run": "seed0"},
-    )
+    return make_result(n_steps=2, attrs={"estimator": "paper", "run": "seed0"})
 
 
 POINT = {"split": "test", "step": 10, "layer": "b"}

@@ -45,6 +45,7 @@ __all__ = [
     "assert_invariants",
     "assert_results_allclose",
     "assert_results_identical",
+    "make_result",
     "make_store",
 ]
 
@@ -244,6 +245,39 @@ def _as_xarray(value: Any) -> Any:
 
         return open_result(value)
     return value
+
+
+def make_result(
+    *,
+    n_steps: int = 3,
+    layers: Sequence[str] = ("a", "b"),
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """A small result (splits train and test, steps 0, 10, ...) that satisfies every invariant.
+
+    N = 8 (log2 N = 3 bits); H(X) = 2, H(Y) = 1.5, H(T) = 1, H(X,T) = 2.5 and H(T,Y) = 2 bits
+    at every point, and the MI that follow from them. Change a point to test a consumer's
+    handling of a broken or degenerate estimate.
+    """
+    import xarray as xr
+
+    shape3, shape2 = (2, n_steps, len(layers)), (2, n_steps)
+    hx, hy, ht, hxt, hty = 2.0, 1.5, 1.0, 2.5, 2.0
+    dims3, dims2 = ("split", "step", "layer"), ("split", "step")
+    return xr.Dataset(
+        {
+            "H_X": (dims2, np.full(shape2, hx)),
+            "H_Y": (dims2, np.full(shape2, hy)),
+            "H_T": (dims3, np.full(shape3, ht)),
+            "H_XT": (dims3, np.full(shape3, hxt)),
+            "H_TY": (dims3, np.full(shape3, hty)),
+            "I_XT": (dims3, np.full(shape3, hx + ht - hxt)),
+            "I_TY": (dims3, np.full(shape3, ht + hy - hty)),
+            "n_samples": (("split",), np.array([8, 8])),
+        },
+        coords={"split": ["train", "test"], "step": np.arange(n_steps) * 10, "layer": list(layers)},
+        attrs=dict(attrs or {}),
+    )
 
 
 def assert_results_identical(

@@ -51,8 +51,10 @@ def _size(n: int) -> str:
 
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable rendering of :func:`infoplane.io.store.store_info`."""
+    from infoplane.io.store import PROVENANCE_KEYS
+
     lines = [f"store {info['path']}"]
-    described = ("experiment", "run", "seed", "model", "dataset", "device")
+    described = (*PROVENANCE_KEYS, "device")
     lines.append("  " + ", ".join(f"{k} {info.get(k)}" for k in described))
     versions = ("schema_version", "infoplane_version", "torch_version", "activation_dtype")
     lines.append("  " + ", ".join(f"{k} {info[k]}" for k in versions if k in info))

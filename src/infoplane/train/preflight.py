@@ -15,10 +15,9 @@ from typing import Any
 
 from infoplane.config import resolve_experiment
 from infoplane.errors import ConfigError
+from infoplane.io.store import SPLITS
 from infoplane.train.datasets import dataset_layout
 from infoplane.train.schedule import capture_steps, iterations_per_epoch
-
-SPLITS = ("train", "test")
 
 
 def experiment_problems(settings: Mapping[str, Any]) -> list[str]:
