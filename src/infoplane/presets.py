@@ -13,6 +13,15 @@ A preset names its ``estimator`` (default ``matrix``) and that estimator's param
 - ``kde`` (the pairwise-distance bounds of Kolchinsky & Tracey, as used by Saxe et al.):
   ``noise_variance`` (default 0.1); see :mod:`infoplane.core.kde`.
 
+A matrix preset may also say how its spectra are computed, ``spectrum:`` (see
+:data:`DEFAULT_SPECTRUM`): ``method: auto`` (the default) takes exact eigenvalues for every matrix
+of at most ``threshold`` rows and randomized ones (stochastic Lanczos quadrature,
+:mod:`infoplane.core.spectra`) above; ``exact`` and ``lanczos`` force one. ``probes``, ``rank``,
+``steps`` and ``seed`` tune the randomized estimate, ``dtype`` its matrix products, and
+``tolerance`` (bits) is the error bar above which ``infoplane check`` warns. A ``spectrum``
+equal to the defaults is dropped from the resolved mapping, so a preset resolves to the same
+mapping (and results keep their identity) whether or not it spells the defaults out.
+
 The resolved mapping is the one stored in a result's attributes, so it must re-create the
 estimate exactly.
 
@@ -42,6 +51,8 @@ LAYER_RULES = ("alignment", "fixed", "silverman", "scott", "median")
 CHANNEL_RULES = ("fixed", "silverman", "scott", "median")
 GRIDS = ("linear", "log")
 SMOOTHING_UNITS = ("iteration", "capture")
+SPECTRUM_METHODS = ("auto", "exact", "lanczos")
+SPECTRUM_DTYPES = ("float32", "float64")
 
 # Defaults are the paper's estimator (PAPER_NOTES §2.3 and §3.2).
 DEFAULT_ALPHA = 1.0
@@ -58,6 +69,18 @@ DEFAULT_CHANNEL_WIDTH: dict[str, Any] = {"rule": "silverman"}
 DEFAULT_BINS = 30
 DEFAULT_BIN_RANGE = [-1.0, 1.0]
 DEFAULT_NOISE_VARIANCE = 0.1
+#: How a matrix preset computes its spectra (see :mod:`infoplane.core.spectra`): exact
+#: ``eigvalsh`` up to ``threshold`` rows, randomized above, with an error bar per entropy.
+DEFAULT_SPECTRUM: dict[str, Any] = {
+    "method": "auto",
+    "threshold": 3000,
+    "probes": 64,
+    "rank": 32,
+    "steps": 20,
+    "seed": 0,
+    "dtype": "float32",
+    "tolerance": 0.1,
+}
 
 _PAPER: dict[str, Any] = {
     "kernel": "tensor",
@@ -113,6 +136,7 @@ _TOP_KEYS = (
     "label_kernel",
     "layer_width",
     "channel_width",
+    "spectrum",
 )
 _BINNING_KEYS = ("estimator", "bins", "range")
 _KDE_KEYS = ("estimator", "noise_variance")
@@ -199,6 +223,38 @@ def _width_rule(
     return {"rule": rule}
 
 
+def _integer(name: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(name, key, f"must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _spectrum(name: str, value: Any) -> dict[str, Any] | None:
+    """Validate ``spectrum:``; None when it equals :data:`DEFAULT_SPECTRUM` (it is dropped)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _fail(name, "spectrum", f"must be a mapping like {{method: auto}}, got {value!r}")
+    _check_keys(name, "spectrum", value, tuple(DEFAULT_SPECTRUM))
+    given = {**DEFAULT_SPECTRUM, **value}
+    spectrum = {
+        "method": _choice(name, "spectrum.method", given["method"], SPECTRUM_METHODS),
+        "threshold": _integer(name, "spectrum.threshold", given["threshold"], 2),
+        "probes": _integer(name, "spectrum.probes", given["probes"], 2),
+        "rank": _integer(name, "spectrum.rank", given["rank"], 0),
+        "steps": _integer(name, "spectrum.steps", given["steps"], 2),
+        "seed": _integer(name, "spectrum.seed", given["seed"], 0),
+        "dtype": _choice(name, "spectrum.dtype", given["dtype"], SPECTRUM_DTYPES),
+        "tolerance": _positive(name, "spectrum.tolerance", given["tolerance"]),
+    }
+    return None if spectrum == DEFAULT_SPECTRUM else spectrum
+
+
+def spectrum_of(preset: Mapping[str, Any]) -> dict[str, Any]:
+    """The spectrum settings of a resolved matrix preset (the defaults when it has none)."""
+    return {**DEFAULT_SPECTRUM, **preset.get("spectrum", {})}
+
+
 def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[str, Any]:
     """Validate one preset mapping and return it with every default filled.
 
@@ -250,6 +306,9 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
         resolved["channel_width"] = _width_rule(
             name, "channel_width", preset.get("channel_width"), CHANNEL_RULES, DEFAULT_CHANNEL_WIDTH
         )
+    spectrum = _spectrum(name, preset.get("spectrum"))
+    if spectrum is not None:
+        resolved["spectrum"] = spectrum
     return resolved
 
 

@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "max(S(A), S(B)) <= S(A,B) <= S(A) + S(B), 0 <= I(X;T) <= min(S(X), S(T)) or "
             "I(T;Y) <= S(Y), and every NaN point. Exits 1 when an invariant is broken. Also "
             "warns, with the remedy, where H(X), H(T) or H(X,T) is degenerate: saturated at "
-            "log2 N (the kernel is too narrow: every sample its own cluster) or collapsed at 0."
+            "log2 N (the kernel is too narrow: every sample its own cluster) or collapsed at 0, "
+            "and where randomized spectra have error bars above the preset's "
+            "spectrum.tolerance."
         ),
     )
     parser.add_argument("result", help="result file (mi/<estimator>.zarr), per run or stacked")
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_TOLERANCE,
         check_result,
         degenerate_estimates,
+        imprecise_estimates,
         nan_points,
     )
 
@@ -55,13 +58,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"WARNING {entry}")
     if len(degenerate) > _SHOWN:
         print(f"... and {len(degenerate) - _SHOWN} more degenerate estimates")
+    imprecise = imprecise_estimates(args.result)
+    for entry in imprecise[:_SHOWN]:
+        print(f"WARNING {entry}")
+    if len(imprecise) > _SHOWN:
+        print(f"... and {len(imprecise) - _SHOWN} more imprecise estimates")
     counts = Counter(v.invariant for v in violations)
     summary = "; ".join(f"{name}: {count}" for name, count in counts.items())
     print(
         f"{args.result}: {len(violations)} violation(s)"
         + (f" ({summary})" if summary else "")
         + f", {len(missing)} NaN point(s), {len(degenerate)} degenerate estimate(s), "
-        f"tolerance {tolerance:g} bits"
+        + (f"{len(imprecise)} imprecise estimate(s), " if imprecise else "")
+        + f"tolerance {tolerance:g} bits"
     )
     if violations or (args.fail_on_nan and missing):
         return 1

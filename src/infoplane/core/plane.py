@@ -13,13 +13,14 @@ costs only its own value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from infoplane.core.entropy import information_plane, renyi_entropy
 from infoplane.core.kernels import gaussian_gram, label_gram, multivariate_gram
+from infoplane.core.spectra import layer_entropies, plane_factor, randomized_at
 from infoplane.core.widths import alignment_width, select_width
 from infoplane.errors import InputError
 
@@ -41,6 +42,7 @@ STEP_KEYS = ("H_X", "H_Y", "sigma_x")
 _PLANE_KEYS = ("I_XT", "I_TY", "H_T", "H_XT", "H_TY", "clipped_mass")
 
 Failures = list[tuple[str, str]]
+_JOINT_KEYS = ("H_T", "H_XT", "H_TY")
 
 
 def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int, gram_y: Any = None) -> Any:
@@ -133,7 +135,7 @@ def _multivariate_gram(i: int, d2c: np.ndarray, dim: int, rule: Mapping, out: di
     return multivariate_gram(d2c, sigmas)
 
 
-def _layer_grams(
+def _each_layer_gram(
     point: Mapping[str, np.ndarray],
     preset: Mapping[str, Any],
     layers: Sequence[str],
@@ -143,9 +145,8 @@ def _layer_grams(
     channel_d2: Callable[[int], np.ndarray] | None,
     out: dict[str, Any],
     failures: Failures,
-) -> dict[int, np.ndarray]:
-    """Gram matrix of every estimable layer; fills ``sigma``/``sigma_star``/``boundary_hit``."""
-    grams: dict[int, np.ndarray] = {}
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(i, Gram)`` of every estimable layer, one at a time; fills the widths in ``out``."""
     for i, layer in enumerate(layers):
         if point["nonfinite"][i]:
             failures.append((layer, "non-finite activations"))
@@ -158,13 +159,13 @@ def _layer_grams(
             else:
                 rule = preset["layer_width"]
                 gram = _tensor_gram(i, point["d2"][i], dims[i], rule, gram_y, sigma, out)
-            if gram is None:
-                failures.append((layer, "no width (width search failed at this point)"))
-                continue
-            grams[i] = gram
         except InputError as exc:
             failures.append((layer, str(exc)))
-    return grams
+            continue
+        if gram is None:
+            failures.append((layer, "no width (width search failed at this point)"))
+            continue
+        yield i, gram
 
 
 def _information_plane(
@@ -211,6 +212,8 @@ def estimate_step(
     dim_x: int,
     sigma: np.ndarray | None = None,
     channel_d2: Callable[[int], np.ndarray] | None = None,
+    spectrum: Mapping[str, Any] | None = None,
+    seed: Sequence[int] = (0,),
 ) -> dict[str, Any]:
     """Entropies, MI and diagnostics of every layer of one point under ``preset``.
 
@@ -228,14 +231,27 @@ def estimate_step(
     channel_d2
         ``i -> (C, N, N)`` per-channel squared distances of layer ``i``, for the multivariate
         kernel (called once per layer, so a caller can read them lazily).
+    spectrum
+        The preset's spectrum settings (:func:`infoplane.presets.spectrum_of`); None takes exact
+        spectra everywhere. Where they take randomized spectra
+        (:func:`infoplane.core.spectra.randomized_at`; never for α = 2, which needs none), the
+        layers are estimated one at a time and ``randomized`` is True.
+    seed
+        Seeds the randomized spectra of this point (ints; the caller mixes in the preset's
+        seed and the point's split and step, so that points are independent and reproducible
+        in any order).
 
     Returns
     -------
     dict
-        :data:`LAYER_KEYS` as (L,) arrays, :data:`STEP_KEYS` as floats, ``failures``.
+        :data:`LAYER_KEYS` as (L,) arrays, :data:`STEP_KEYS` as floats, ``spectral_error``
+        (L,) (the largest error bar in bits among a layer's entropies: 0 where exact, NaN where
+        not estimated), ``randomized`` and ``failures``.
     """
     out: dict[str, Any] = {name: np.full(len(layers), np.nan) for name in LAYER_KEYS}
     out["boundary_hit"] = np.zeros(len(layers), dtype=bool)
+    out["spectral_error"] = np.full(len(layers), np.nan)
+    out["randomized"] = False
     failures: Failures = []
     alpha = preset["alpha"]
     gram_y = label_gram(point["y"])
@@ -246,10 +262,15 @@ def estimate_step(
         return out
     out["sigma_x"] = rule_width(preset["input_width"], point["d2_x"], dim_x)
     gram_x = gaussian_gram(point["d2_x"], out["sigma_x"])
-    grams = _layer_grams(
+    each_gram = _each_layer_gram(
         point, preset, layers, dims, gram_y, sigma, channel_d2, out, failures
     )  # fmt: skip
-    plane = _information_plane(gram_x, grams, gram_y, alpha, layers, failures)
+    if alpha != 2.0 and randomized_at(spectrum, gram_x.shape[0]):
+        out["randomized"] = True
+        _plane_by_layer(gram_x, each_gram, gram_y, alpha, spectrum, seed, layers, out, failures)
+        out["failures"] = failures
+        return out
+    plane = _information_plane(gram_x, dict(each_gram), gram_y, alpha, layers, failures)
     # H_X and H_Y from the same computation as the MI when there is one, so I = H + H - H holds
     out["H_X"] = plane.pop("H_X", None)
     out["H_Y"] = plane.pop("H_Y", None)
@@ -259,5 +280,40 @@ def estimate_step(
     for i, values in plane.items():
         for key in _PLANE_KEYS:
             out[key][i] = values[key]
+        out["spectral_error"][i] = 0.0
     out["failures"] = failures
     return out
+
+
+def _plane_by_layer(
+    gram_x: np.ndarray,
+    each_gram: Iterator[tuple[int, np.ndarray]],
+    gram_y: np.ndarray,
+    alpha: float,
+    spectrum: Mapping[str, Any],
+    seed: Sequence[int],
+    layers: Sequence[str],
+    out: dict[str, Any],
+    failures: Failures,
+) -> None:
+    """The information plane with randomized spectra, one layer's Gram alive at a time.
+
+    Fills ``out`` as :func:`estimate_step` does, and ``spectral_error``: the largest error bar
+    among the five entropies of each layer (0 where all were exact).
+    """
+    x = plane_factor(gram_x, alpha, spectrum, [*seed, 0])
+    y = plane_factor(gram_y, alpha, spectrum, [*seed, 1])
+    out["H_X"], out["H_Y"] = x.entropy.value, y.entropy.value
+    for i, gram in each_gram:
+        try:
+            h = layer_entropies(gram, x, y, alpha, spectrum, [*seed, 2 + i])
+        except InputError as exc:
+            failures.append((layers[i], str(exc)))
+            continue
+        del gram
+        out["H_T"][i], out["H_XT"][i], out["H_TY"][i] = (h[k].value for k in _JOINT_KEYS)
+        out["I_XT"][i] = out["H_X"] + out["H_T"][i] - out["H_XT"][i]
+        out["I_TY"][i] = out["H_T"][i] + out["H_Y"] - out["H_TY"][i]
+        terms = [x.entropy, y.entropy, *h.values()]
+        out["clipped_mass"][i] = max(e.clipped for e in terms)
+        out["spectral_error"][i] = max(e.error for e in terms)

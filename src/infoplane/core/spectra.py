@@ -21,6 +21,7 @@ and its error against ``eigvalsh``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,13 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from infoplane.core.distances import check_square_stack
+from infoplane.core.entropy import (
+    _block_spectra,
+    _components,
+    _entropy_and_clipped,
+    _entropy_of_spectrum,
+    _normalise,
+)
 from infoplane.errors import InputError
 
 _LN2 = math.log(2.0)
@@ -71,36 +79,41 @@ def _lanczos_quadrature(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``sᵀ f(A) s`` for every column s of ``starts`` (N, c) by ``steps``-point Gauss quadrature.
 
-    One Lanczos recurrence per column, run together: each step is one product A @ (N, c).
-    Returns the quadrature of ``steps`` nodes and, from the same recurrence, that of half as
-    many: their difference bounds the quadrature error of the first (Gauss quadrature converges
-    monotonically in practice for the smooth-on-(0, 1] functions used here).
+    One Lanczos recurrence per column, run together: each step is one product A @ (N, c), in
+    the dtype of ``a`` (a float32 operator halves the memory traffic that bounds it at large N;
+    the recurrence itself stays float64). Returns the quadrature of ``steps`` nodes and, from
+    the same recurrence, that of half as many: their difference bounds the quadrature error of
+    the first (Gauss quadrature converges monotonically in practice for the smooth-on-(0, 1]
+    functions used here).
     """
     n, c = starts.shape
     steps = max(1, min(steps, n))
     norms = np.linalg.norm(starts, axis=0)
     live = norms > 0
-    q = np.zeros_like(starts)
-    q[:, live] = starts[:, live] / norms[live]
-    basis = np.zeros((steps, n, c))
+    q = np.zeros((c, n))  # the current Lanczos vector of every column, one row each
+    q[live] = (starts[:, live] / norms[live]).T
+    basis = np.zeros((c, steps, n))
     diag = np.zeros((steps, c))
     off = np.zeros((steps, c))
     q_prev = np.zeros_like(q)
     b_prev = np.zeros(c)
     for j in range(steps):
-        basis[j] = q
-        w = a @ q
-        diag[j] = np.einsum("nc,nc->c", q, w)
-        w -= diag[j] * q + b_prev * q_prev
-        # full reorthogonalisation (twice is enough) keeps the quadrature free of ghost nodes
+        basis[:, j] = q
+        w = np.asarray(a @ q.T.astype(a.dtype), dtype=np.float64).T
+        diag[j] = np.einsum("cn,cn->c", q, w)
+        w -= diag[j][:, None] * q + b_prev[:, None] * q_prev
+        # full reorthogonalisation (twice is enough) keeps the quadrature free of ghost nodes;
+        # batched per column: (c, j, n) @ (c, n, 1)
+        done_basis = basis[:, : j + 1]
         for _ in range(2):
-            w -= np.einsum("jnc,jc->nc", basis[: j + 1], np.einsum("jnc,nc->jc", basis[: j + 1], w))
-        b = np.linalg.norm(w, axis=0)
+            coef = np.matmul(done_basis, w[:, :, None])
+            w -= np.matmul(done_basis.transpose(0, 2, 1), coef)[:, :, 0]
+        b = np.linalg.norm(w, axis=1)
         # an invariant subspace: the quadrature is exact; later nodes carry no weight
         done = b <= 1e-12 * np.maximum(1.0, np.abs(diag[: j + 1]).max(axis=0))
         b = np.where(done, 0.0, b)
         off[j] = b
-        q_prev, q = q, np.where(done, 0.0, w / np.where(done, 1.0, b))
+        q_prev, q = q, np.where(done[:, None], 0.0, w / np.where(done, 1.0, b)[:, None])
         b_prev = b
     rules = [
         (row, col, *eigh_tridiagonal(diag[:k, col], off[: k - 1, col]))
@@ -119,10 +132,43 @@ def _lanczos_quadrature(
 
 def _dominant_basis(a: np.ndarray, rank: int, rng: np.random.Generator) -> np.ndarray:
     """Orthonormal (N, rank) basis of the dominant eigenspace: two subspace iterations."""
-    y = a @ rng.standard_normal((a.shape[0], rank))
+
+    def product(x: np.ndarray) -> np.ndarray:
+        return np.asarray(a @ x.astype(a.dtype), dtype=np.float64)
+
+    y = product(rng.standard_normal((a.shape[0], rank)))
     for _ in range(2):
-        y = a @ np.linalg.qr(y)[0]
+        y = product(np.linalg.qr(y)[0])
     return np.linalg.qr(y)[0]
+
+
+def _trace_function(
+    a: np.ndarray, alpha: float, probes: int, steps: int, rank: int, seed: Any
+) -> SpectralEstimate:
+    """:func:`trace_function_estimate` of a checked, trace-normalised ``a`` (any float dtype)."""
+    n = a.shape[0]
+    fn, offset = _spectral_function(float(alpha))
+    rng = np.random.default_rng(seed)
+    rank = min(rank, n - 1)
+    basis = _dominant_basis(a, rank, rng) if rank else np.zeros((n, 0))
+    v = rng.choice(np.array([-1.0, 1.0]), size=(n, probes))
+    v -= basis @ (basis.T @ v)  # P v: the probes see only the rest of the spectrum
+    quad, coarse = _lanczos_quadrature(a, np.concatenate([basis, v], axis=1), steps, fn)
+    total = quad[:rank].sum() + quad[rank:].mean()
+    # probe variance, and the quadrature's own error (its change from half the nodes)
+    sampling = quad[rank:].std(ddof=1) / math.sqrt(probes)
+    quadrature = abs(total - (coarse[:rank].sum() + coarse[rank:].mean()))
+    return SpectralEstimate(float(offset + total), float(math.hypot(sampling, quadrature)))
+
+
+def _entropy_from_sum(est: SpectralEstimate, alpha: float) -> SpectralEstimate:
+    """S_α from the estimate of its spectral sum (see :func:`_spectral_function`)."""
+    if alpha == 1.0:
+        return est
+    # S = log2 tr(A^α) / (1 − α), its error propagated to first order
+    total = max(est.value, np.finfo(float).tiny)
+    value = math.log2(total) / (1.0 - alpha)
+    return SpectralEstimate(value, est.stderr / (abs(1.0 - alpha) * total * _LN2))
 
 
 def trace_function_estimate(
@@ -145,26 +191,19 @@ def trace_function_estimate(
     probes, steps, rank
         Rademacher probes m, Lanczos steps k and the deflated rank r (see the module docstring).
     seed
-        Seed of the probes and of the range finder: the same seed gives the same estimate.
+        Seed of the probes and of the range finder (an int or a sequence of ints, as for
+        :func:`numpy.random.default_rng`): the same seed gives the same estimate.
     """
     a = check_square_stack(a, "a")
     if a.ndim != 2:
         raise InputError(f"a must be one (N, N) matrix, got shape {a.shape}")
+    _check_settings(probes, steps, rank)
+    return _trace_function(a, float(alpha), probes, steps, rank, seed)
+
+
+def _check_settings(probes: Any, steps: Any, rank: Any) -> None:
     if probes < 2 or steps < 1 or rank < 0:
         raise InputError(f"need probes >= 2, steps >= 1, rank >= 0; got {probes}, {steps}, {rank}")
-    n = a.shape[0]
-    fn, offset = _spectral_function(float(alpha))
-    rng = np.random.default_rng(seed)
-    rank = min(rank, n - 1)
-    basis = _dominant_basis(a, rank, rng) if rank else np.zeros((n, 0))
-    v = rng.choice(np.array([-1.0, 1.0]), size=(n, probes))
-    v -= basis @ (basis.T @ v)  # P v: the probes see only the rest of the spectrum
-    quad, coarse = _lanczos_quadrature(a, np.concatenate([basis, v], axis=1), steps, fn)
-    total = quad[:rank].sum() + quad[rank:].mean()
-    # probe variance, and the quadrature's own error (its change from half the nodes)
-    sampling = quad[rank:].std(ddof=1) / math.sqrt(probes)
-    quadrature = abs(total - (coarse[:rank].sum() + coarse[rank:].mean()))
-    return SpectralEstimate(float(offset + total), float(math.hypot(sampling, quadrature)))
 
 
 def renyi_entropy_estimate(
@@ -191,12 +230,137 @@ def renyi_entropy_estimate(
     alpha = float(alpha)
     if not (math.isfinite(alpha) and alpha > 0):
         raise InputError(f"alpha must be finite and > 0, got {alpha!r}")
-    est = trace_function_estimate(
-        g / trace, alpha, probes=probes, steps=steps, rank=rank, seed=seed
+    _check_settings(probes, steps, rank)
+    est = _trace_function(g / trace, alpha, probes, steps, rank, seed)
+    return _entropy_from_sum(est, alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# the information plane of one point, one layer at a time (large N)
+
+#: The reported error bar of a randomized entropy, in standard errors.
+ERROR_BAR = 3.0
+
+
+def randomized_at(spectrum: Mapping[str, Any] | None, n: int) -> bool:
+    """Whether a preset's ``spectrum`` settings take randomized spectra for N×N matrices.
+
+    None (no settings) and ``method: exact`` never do; ``lanczos`` always does; ``auto`` does
+    above ``threshold`` rows.
+    """
+    if spectrum is None:
+        return False
+    method = spectrum["method"]
+    return method == "lanczos" or (method == "auto" and n > spectrum["threshold"])
+
+
+@dataclass(frozen=True)
+class Entropy:
+    """One entropy (bits) with its error bar (bits; 0 when exact) and clipped eigenvalue mass."""
+
+    value: float
+    error: float = 0.0
+    clipped: float = 0.0
+
+
+def _normalised(gram: np.ndarray, other: np.ndarray | None, dtype: str) -> np.ndarray:
+    """(gram ∘ other) / tr(gram ∘ other) in ``dtype``, without a float64 temporary."""
+    out = np.empty(gram.shape, dtype=dtype)
+    if other is None:
+        np.copyto(out, gram, casting="same_kind")
+    else:
+        np.multiply(gram, other, out=out, casting="same_kind")
+    trace = float(np.trace(out, dtype=np.float64))
+    if not trace > 0:
+        raise InputError("a Gram matrix has a trace <= 0 (check the kernel width and the inputs)")
+    out *= out.dtype.type(1.0 / trace)
+    return out
+
+
+def _randomized(
+    gram: np.ndarray, other: np.ndarray | None, alpha: float, spectrum: Mapping, seed: Any
+) -> Entropy:
+    a = _normalised(gram, other, spectrum["dtype"])
+    est = _trace_function(
+        a, alpha, spectrum["probes"], spectrum["steps"], spectrum["rank"], seed
     )  # fmt: skip
-    if alpha == 1.0:
-        return est
-    # S = log2 tr(A^α) / (1 − α), its error propagated to first order
-    total = max(est.value, np.finfo(float).tiny)
-    value = math.log2(total) / (1.0 - alpha)
-    return SpectralEstimate(value, est.stderr / (abs(1.0 - alpha) * total * _LN2))
+    est = _entropy_from_sum(est, alpha)
+    return Entropy(est.value, ERROR_BAR * est.stderr)
+
+
+def _exact(gram: np.ndarray, other: np.ndarray | None, alpha: float) -> Entropy:
+    h, clipped = _entropy_and_clipped(_normalise(gram if other is None else gram * other), alpha)
+    return Entropy(float(h), 0.0, float(clipped))
+
+
+@dataclass(frozen=True)
+class Factor:
+    """The input or label Gram F of a point, prepared for the joint entropies of every layer.
+
+    ``blocks`` are its index blocks when F is block-diagonal up to a permutation (the label
+    indicator kernel) with blocks small enough for exact spectra: then F and every T∘F are
+    decomposed per block, exactly.
+    """
+
+    gram: np.ndarray
+    entropy: Entropy
+    blocks: list[np.ndarray] | None
+
+
+def _block_entropies(
+    gram: np.ndarray, layer: np.ndarray | None, blocks: list[np.ndarray], alpha: float
+) -> Entropy:
+    layers = np.empty((0, *gram.shape)) if layer is None else layer[None]
+    lam = _block_spectra(gram, layers, blocks)[-1]
+    h, clipped = _entropy_of_spectrum(lam, alpha)
+    return Entropy(float(h), 0.0, float(clipped))
+
+
+def _entropy(
+    gram: np.ndarray,
+    other: np.ndarray | None,
+    alpha: float,
+    spectrum: Mapping | None,
+    seed: Any,
+) -> Entropy:
+    """S_α of gram (∘ other): randomized where ``spectrum`` says so, exact otherwise."""
+    if alpha != 2.0 and randomized_at(spectrum, gram.shape[-1]):
+        return _randomized(gram, other, alpha, spectrum, seed)
+    return _exact(gram, other, alpha)
+
+
+def plane_factor(gram: Any, alpha: float, spectrum: Mapping | None, seed: Any) -> Factor:
+    """Prepare the input or label Gram of a point (see :class:`Factor`) and take its entropy.
+
+    ``spectrum`` holds a preset's settings (``method``, ``threshold``, ``probes``, ``rank``,
+    ``steps``, ``dtype``); ``seed`` seeds the randomized estimate (a sequence of ints).
+    """
+    g = check_square_stack(gram, "gram")
+    blocks = _components(g)
+    limit = np.inf if spectrum is None else spectrum["threshold"]
+    if blocks is not None and max(b.size for b in blocks) <= limit:
+        return Factor(g, _block_entropies(g, None, blocks, alpha), blocks)
+    return Factor(g, _entropy(g, None, alpha, spectrum, seed), None)
+
+
+def layer_entropies(
+    gram_t: Any,
+    x: Factor,
+    y: Factor,
+    alpha: float,
+    spectrum: Mapping | None,
+    seed: Sequence[int],
+) -> dict[str, Entropy]:
+    """H(T), H(X, T) and H(T, Y) of one layer's Gram, each with its error bar.
+
+    Only one N×N product (and its float32 copy) exists at a time beside the inputs, so a point
+    of N = 10⁴ samples needs a few GB whatever its number of layers.
+    """
+    t = check_square_stack(gram_t, "gram_t")
+    out = {"H_T": _entropy(t, None, alpha, spectrum, [*seed, 0])}
+    for key, factor, kind in (("H_XT", x, 1), ("H_TY", y, 2)):
+        if factor.blocks is not None:
+            out[key] = _block_entropies(factor.gram, t, factor.blocks, alpha)
+        else:
+            out[key] = _entropy(t, factor.gram, alpha, spectrum, [*seed, kind])
+    return out

@@ -49,8 +49,14 @@ from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
 from infoplane.io.files import exclusive
 from infoplane.io.results import build_result, write_result
-from infoplane.io.store import PROVENANCE_KEYS, read_store_plan
-from infoplane.presets import estimator_of, needs_activations, preset_to_json, validate_preset
+from infoplane.io.store import PROVENANCE_KEYS, SPLITS, read_store_plan
+from infoplane.presets import (
+    estimator_of,
+    needs_activations,
+    preset_to_json,
+    spectrum_of,
+    validate_preset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +195,12 @@ def estimate_step_task(
     store_index: int | None,
     preset: Mapping[str, Any],
     sigma: np.ndarray | None = None,
+    step: int = 0,
 ) -> dict[str, Any]:
     """Task: entropies, MI and diagnostics of every layer at one (split, step).
 
-    ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here. The
+    ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here.
+    ``step`` (the captured step) seeds the point's randomized spectra, with its split. The
     preset's estimator picks the math: :mod:`infoplane.core.plane` (matrix),
     :mod:`infoplane.core.binning` (from the activations) or :mod:`infoplane.core.kde` (from the
     distances).
@@ -213,9 +221,11 @@ def estimate_step_task(
     def channel_d2(i: int) -> np.ndarray:
         return channel_distances(source.store, split, store_index, source.layers[i])
 
+    spectrum = spectrum_of(preset)
     return estimate_step(
         data, preset, layers=source.layers, dims=source.dims, dim_x=source.dim_x, sigma=sigma,
-        channel_d2=channel_d2 if multivariate else None,
+        channel_d2=channel_d2 if multivariate else None, spectrum=spectrum,
+        seed=(spectrum["seed"], SPLITS.index(split), step),
     )  # fmt: skip
 
 
@@ -381,9 +391,9 @@ def _estimate(
                 ]
         sigmas = None if widths is None else _layer_widths(widths, split_steps, rule)
         calls = [
-            (src, split, int(at.index[k]), _at(at.store_index, k), preset, _at(sigmas, split, k))
+            (src, split, int(at.index[k]), _at(at.store_index, k), preset, sigma, int(at.steps[k]))
             for split, k in where
-            for at in [split_steps[split]]
+            for at, sigma in [(split_steps[split], _at(sigmas, split, k))]
         ]
         results = run_batched(
             active, estimate_step_task, calls, label="estimate", names=_names(split_steps, where)
@@ -482,14 +492,18 @@ def _name_failures(
         )
 
 
-def result_keys(preset: Mapping[str, Any]) -> tuple[str, ...]:
-    """The variables of a result made with ``preset``, in the order they are stored."""
+def result_keys(preset: Mapping[str, Any], *, randomized: bool = False) -> tuple[str, ...]:
+    """The variables of a result made with ``preset``, in the order they are stored.
+
+    ``randomized``: some point took randomized spectra, whose error bars the result holds as
+    ``spectral_error``.
+    """
     estimator = estimator_of(preset)
     if estimator == "binning":
         return binning.LAYER_KEYS + binning.STEP_KEYS
     if estimator == "kde":
         return kde.LAYER_KEYS + kde.STEP_KEYS
-    return LAYER_KEYS + STEP_KEYS
+    return LAYER_KEYS + (("spectral_error",) if randomized else ()) + STEP_KEYS
 
 
 def _assemble(
@@ -502,7 +516,7 @@ def _assemble(
     attrs: Mapping[str, Any],
 ) -> Any:
     """The result Dataset (see :mod:`infoplane.io.results`) of every point's task result."""
-    keys = result_keys(preset)
+    keys = result_keys(preset, randomized=any(r.get("randomized", False) for r in results))
     points = [
         (split, int(split_steps[split].steps[k]), {key: result[key] for key in keys})
         for (split, k), result in zip(where, results, strict=True)

@@ -20,8 +20,11 @@ Each estimator adds the invariants of its own (the preset recorded in the result
   an estimate that may be slightly negative; ``I_TY >= 0`` and ``H_TY <= H_T + H_Y`` are not
   checked for it.
 
-Comparisons allow an absolute tolerance in bits. NaN points are not violations; they are listed
-separately.
+Comparisons allow an absolute tolerance in bits; where a result holds randomized spectra
+(``spectral_error``, :mod:`infoplane.core.spectra`), a point's error bar is added to the tolerance
+of its bounds (not to ``I = H + H - joint H``, which holds exactly by construction), and
+:func:`imprecise_estimates` lists the points whose error bar exceeds the preset's
+``spectrum.tolerance``. NaN points are not violations; they are listed separately.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from infoplane.errors import StoreError
+from infoplane.presets import spectrum_of
 
 DEFAULT_TOLERANCE = 1e-6
 _ENTROPIES = ("H_X", "H_Y", "H_T", "H_XT", "H_TY")
@@ -99,6 +103,8 @@ def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[V
     tolerance
         Absolute slack in bits.
     """
+    import xarray as xr
+
     ds = _as_dataset(result)
     tol = float(tolerance)
     preset = _preset(ds)
@@ -108,28 +114,32 @@ def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[V
     subadditive_ty = subadditive and estimator != "kde"
     log2n = np.log2(_n_samples(ds))
     hx, hy, ht, hxt, hty = (ds[name] for name in _ENTROPIES)
+    # randomized spectra: a bound holds up to the point's error bar (3 bars for an MI, which
+    # combines three entropies)
+    bar = ds["spectral_error"].fillna(0.0) if "spectral_error" in ds else xr.zeros_like(ht)
+    point_tol, step_tol = tol + bar, tol + bar.max("layer")
+    joint_tol, sum_tol = tol + 2 * bar, tol + 3 * bar
     checks = []
     for name in _ENTROPIES:
-        checks.append((ds[name] < -tol, ds[name], 0.0, f"{name} >= 0"))
-        checks.append((ds[name] > log2n + tol, ds[name], log2n, f"{name} <= log2 N"))
+        slack = point_tol if "layer" in ds[name].dims else step_tol
+        checks.append((ds[name] < -slack, ds[name], 0.0, f"{name} >= 0"))
+        checks.append((ds[name] > log2n + slack, ds[name], log2n, f"{name} <= log2 N"))
     for joint, a, b, label in ((hxt, hx, ht, "XT"), (hty, ht, hy, "TY")):
         low = np.maximum(a, b)
-        checks.append((joint < low - tol, joint, low, f"H_{label} >= max of its marginals"))
+        checks.append((joint < low - joint_tol, joint, low, f"H_{label} >= max of its marginals"))
         if subadditive if label == "XT" else subadditive_ty:
-            checks.append((joint > a + b + tol, joint, a + b, f"H_{label} <= sum of marginals"))
+            checks.append((joint > a + b + sum_tol, joint, a + b, f"H_{label} <= sum of marginals"))
     for mi, a, b, joint, label in (
         (ds["I_XT"], hx, ht, hxt, "I_XT"),
         (ds["I_TY"], ht, hy, hty, "I_TY"),
     ):
         top = np.minimum(a, b)
         if subadditive if label == "I_XT" else subadditive_ty:
-            checks.append((mi < -tol, mi, 0.0, f"{label} >= 0"))
-        checks.append((mi > top + tol, mi, top, f"{label} <= min of the entropies"))
+            checks.append((mi < -sum_tol, mi, 0.0, f"{label} >= 0"))
+        checks.append((mi > top + sum_tol, mi, top, f"{label} <= min of the entropies"))
         identity = a + b - joint
         checks.append((abs(mi - identity) > tol, mi, identity, f"{label} = H + H - joint H"))
     checks += _estimator_checks(ds, estimator, log2n, tol)
-    import xarray as xr
-
     violations = []
     for mask, value, bound, invariant in checks:
         bound = bound if isinstance(bound, xr.DataArray) else xr.zeros_like(value) + bound
@@ -210,11 +220,14 @@ def degenerate_estimates(result: Any, *, bits: float = DEGENERATE_BITS) -> list[
     ds = _as_dataset(result)
     log2n = np.log2(_n_samples(ds))
     found = []
+    # randomized spectra: within the point's error bar of the bound counts as at it
+    bar = ds["spectral_error"].fillna(0.0) if "spectral_error" in ds else 0.0
     for name in ("H_X", "H_T", "H_XT"):
         values = ds[name]
+        slack = bits + (bar if "layer" in values.dims or np.isscalar(bar) else bar.max("layer"))
         for kind, mask in (
-            ("saturated", values >= log2n - bits),
-            ("collapsed", values <= bits),
+            ("saturated", values >= log2n - slack),
+            ("collapsed", values <= slack),
         ):
             mask = mask.fillna(False).astype(bool)
             groups = [d for d in ("run", "split", "layer") if d in mask.dims]
@@ -225,6 +238,50 @@ def degenerate_estimates(result: Any, *, bits: float = DEGENERATE_BITS) -> list[
                 where = {d: _plain(mask[d].values[i]) for d, i in zip(groups, index, strict=True)}
                 steps = [_plain(s) for s in mask["step"].values[mask.values[index]]]
                 found.append(Degenerate(name, kind, where, steps, remedy))
+    return found
+
+
+@dataclass(frozen=True)
+class Imprecise:
+    """A run of points whose randomized spectra have an error bar above the preset's tolerance."""
+
+    where: dict[str, Any]  # split (and run, layer) of the points
+    steps: list[Any]
+    largest: float  # the largest error bar among them, bits
+    tolerance: float
+
+    def __str__(self) -> str:
+        place = ", ".join(f"{key} {value}" for key, value in self.where.items())
+        shown = ", ".join(map(str, self.steps[:5])) + (" ..." if len(self.steps) > 5 else "")
+        return (
+            f"{place}: randomized spectra with error bars up to {self.largest:.3g} bits, above "
+            f"the preset's spectrum.tolerance {self.tolerance:g}, at {len(self.steps)} step(s) "
+            f"({shown}); raise spectrum probes (the error falls as 1/sqrt(probes)) or rank, or "
+            "use spectrum: {method: exact}"
+        )
+
+
+def imprecise_estimates(result: Any) -> list[Imprecise]:
+    """Points whose ``spectral_error`` exceeds the preset's ``spectrum.tolerance``.
+
+    One entry per split, run and layer, listing its steps; none for results made with exact
+    spectra only (no ``spectral_error`` variable).
+    """
+    ds = _as_dataset(result)
+    if "spectral_error" not in ds:
+        return []
+    limit = float(spectrum_of(_preset(ds))["tolerance"])
+    bars = ds["spectral_error"]
+    mask = (bars > limit).fillna(False).astype(bool)
+    groups = [d for d in ("run", "split", "layer") if d in mask.dims]
+    mask, bars = mask.transpose(*groups, "step"), bars.transpose(*groups, "step")
+    found = []
+    for position in np.argwhere(mask.values.any(axis=-1)):
+        index = tuple(position)
+        where = {d: _plain(mask[d].values[i]) for d, i in zip(groups, index, strict=True)}
+        hit = mask.values[index]
+        steps = [_plain(s) for s in mask["step"].values[hit]]
+        found.append(Imprecise(where, steps, float(bars.values[index][hit].max()), limit))
     return found
 
 
