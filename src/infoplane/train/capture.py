@@ -349,10 +349,18 @@ def capture_activations(
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
-    outputs: dict[str, list[np.ndarray]] = {name: [] for name in targets}
+    # every layer's rows are copied into one array allocated at the first batch: the probe's
+    # activations exist once, not once per batch and again concatenated
+    outputs: dict[str, np.ndarray] = {}
     calls: dict[str, int] = dict.fromkeys(targets, 0)
+    rows = slice(0, 0)
 
     modules = dict(model.named_modules())
+
+    def keep(name: str, values: np.ndarray) -> None:
+        if name not in outputs:
+            outputs[name] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+        outputs[name][rows] = values
 
     def make_hook(name: str):
         key = None if name in modules else split_selector(name)[1]
@@ -361,33 +369,33 @@ def capture_activations(
             calls[name] += 1
             tensor = pick_output(output, key, where=f"the output of module {name!r}")
             if calls[name] == 1:
-                outputs[name].append(_to_numpy(tensor))
+                keep(name, _to_numpy(tensor))
 
         return hook
 
     modes = {module: module.training for module in model.modules()}
     handles = []
-    probabilities: list[np.ndarray] = []
     try:
         for name, module in targets.items():
             handles.append(module.register_forward_hook(make_hook(name)))
         model.eval()
         with torch.inference_mode():
             for start in range(0, n, int(batch_size)):
+                rows = slice(start, min(n, start + int(batch_size)))
                 calls.update(dict.fromkeys(calls, 0))
-                result = model(inputs[start : start + int(batch_size)])
+                result = model(inputs[rows])
                 _check_calls(calls)
                 if softmax:
-                    probabilities.append(_softmax(result))
+                    keep(SOFTMAX, _softmax(result))
     finally:
         for handle in handles:
             handle.remove()
         for module, training in modes.items():
             module.training = training
 
-    captured = {name: np.concatenate(chunks, axis=0) for name, chunks in outputs.items()}
+    captured = {name: outputs[name] for name in targets}
     if softmax:
-        captured[SOFTMAX] = np.concatenate(probabilities, axis=0)
+        captured[SOFTMAX] = outputs[SOFTMAX]
     return captured
 
 
