@@ -8,7 +8,9 @@ per (split, step, layer) and ``H_X, H_Y`` per (split, step), with ``I = H + H - 
 
     dims (split, step, layer):  I_XT, I_TY, H_T, H_XT, H_TY, sigma (width used), sigma_star
                                 (per-step argmax before smoothing; NaN for other rules),
-                                clipped_mass, boundary_hit
+                                clipped_mass, boundary_hit; spectral_error (only when
+                                some point took randomized spectra: the largest error bar,
+                                in bits, of the layer's five entropies; 0 where exact)
     dims (split, step):         H_X, H_Y, sigma_x
     dims (split,):              n_samples
 
