@@ -5,6 +5,9 @@ Every figure is drawn on its own :class:`matplotlib.figure.Figure` (no pyplot st
 renderer) under a fixed style, and saved without a software or date stamp, so the same data give
 the same bytes. Runs (seeds) are summarised by their mean; the spread across runs is shown as thin
 per-run lines and ±1 standard-deviation error bars (information plane) or bands (curves).
+Points whose H(X), H(T) or H(X,T) is degenerate (saturated at log2 N or collapsed at 0, see
+:func:`infoplane.report.checks.degenerate_estimates`) are marked with × in the information-plane
+and MI-against-epoch figures, with a legend entry; without such points the figures are as before.
 
 Inputs follow the "Estimates" contract: an :class:`xarray.Dataset` with ``I_XT``, ``I_TY`` and
 ``sigma`` on (``split``, ``step``, ``layer``), ``H_X``, ``H_Y`` and ``sigma_x`` on (``split``,
@@ -274,7 +277,8 @@ def _layer_marker(k: int) -> tuple[str, bool]:
 def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, norm) -> list:
     """All layers' mean trajectories in one plane; markers tell the layers apart.
 
-    Returns the legend handles (one marker per layer, then H(Y)).
+    Returns the legend handles (one marker per layer, then H(Y) and, where some point is
+    degenerate, its × mark).
     """
     import numpy as np
     from matplotlib.lines import Line2D
@@ -282,7 +286,9 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
     layers = [str(v) for v in mi["layer"].values]
     ixt = split_values(mi, "I_XT", split)
     ity = split_values(mi, "I_TY", split)
+    degenerate = degenerate_mask(mi, split)
     handles = []
+    marked = False
     for k, layer in enumerate(layers):
         marker, filled = _layer_marker(k)
         _trajectory(
@@ -296,6 +302,7 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
             runs=False,
             error_bars=0,
         )
+        marked |= mark_degenerate_plane(ax, ixt[..., k], ity[..., k], degenerate[:, k])
         handles.append(
             Line2D(
                 [],
@@ -313,6 +320,8 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
         if np.isfinite(h_y).any():
             ax.axhline(float(np.nanmean(h_y)), color="0.3", lw=0.8, ls="--", zorder=0)
             handles.append(Line2D([], [], color="0.3", lw=0.8, ls="--", label="H(Y)"))
+    if marked:
+        handles.append(_degenerate_handle())
     _min_span(ax)
     return handles
 
@@ -330,6 +339,83 @@ def _layer_legend(fig: Figure, ax: Axes, handles: list) -> None:
             title="layers (all-layer panels)",
             title_fontsize=7,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate points (infoplane.report.checks.degenerate_estimates) marked on the figures
+
+#: Legend text and gid of the marks of degenerate points.
+DEGENERATE_LABEL = "degenerate (H at log2 N or 0)"
+DEGENERATE_GID = "degenerate"
+_DEGENERATE_STYLE: dict[str, Any] = {"marker": "x", "s": 26, "color": "#c0392b", "zorder": 7}
+
+
+def degenerate_mask(mi: xr.Dataset, split: str) -> np.ndarray:
+    """(step, layer) bool: where some run's H(X), H(T) or H(X,T) is saturated or collapsed.
+
+    The points are those of :func:`infoplane.report.checks.degenerate_estimates` (a degenerate
+    H(X) marks every layer of its steps); all False when the result lacks the entropies.
+    """
+    import numpy as np
+
+    from infoplane.report.checks import degenerate_estimates
+
+    layers = [str(v) for v in mi["layer"].values]
+    steps = [s.item() if hasattr(s, "item") else s for s in mi["step"].values]
+    mask = np.zeros((len(steps), len(layers)), dtype=bool)
+    needed = ("H_X", "H_T", "H_XT", "H_Y", "H_TY", "I_XT", "I_TY")
+    if not all(name in mi for name in needed) or "n_samples" not in mi:
+        return mask
+    position = {step: i for i, step in enumerate(steps)}
+    for entry in degenerate_estimates(mi):
+        if entry.where.get("split") != split:
+            continue
+        columns = [layers.index(entry.where["layer"])] if "layer" in entry.where else slice(None)
+        for step in entry.steps:
+            mask[position[step], columns] = True
+    return mask
+
+
+def _degenerate_handle() -> Any:
+    from matplotlib.lines import Line2D
+
+    style = _DEGENERATE_STYLE
+    return Line2D(
+        [], [], ls="none", marker=style["marker"], color=style["color"], label=DEGENERATE_LABEL
+    )
+
+
+def mark_degenerate_plane(
+    ax: Axes, x: np.ndarray, y: np.ndarray, mask: np.ndarray, *, size: float | None = None
+) -> bool:
+    """Mark with × the mean (over runs) points of one layer's path where ``mask`` (step,) holds.
+
+    ``x`` and ``y`` are (run, step); returns whether anything was marked.
+    """
+    import numpy as np
+
+    xm, ym = across_runs(x)[0], across_runs(y)[0]
+    marked = mask & np.isfinite(xm) & np.isfinite(ym)
+    if not marked.any():
+        return False
+    style = {**_DEGENERATE_STYLE, **({"s": size} if size is not None else {})}
+    ax.scatter(xm[marked], ym[marked], linewidths=1.0, gid=DEGENERATE_GID, **style)
+    return True
+
+
+def mark_degenerate_curve(ax: Axes, epoch: np.ndarray, runs: np.ndarray, mask: np.ndarray) -> bool:
+    """Mark with × the mean (over runs) of a curve against epoch where ``mask`` (step,) holds.
+
+    ``runs`` is (run, step) in the order of ``epoch``; returns whether anything was marked.
+    """
+    import numpy as np
+
+    mean = across_runs(runs)[0]
+    marked = mask & np.isfinite(mean)
+    if not marked.any():
+        return False
+    ax.scatter(epoch[marked], mean[marked], linewidths=1.0, gid=DEGENERATE_GID, **_DEGENERATE_STYLE)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +446,10 @@ def information_plane_overview(mi: xr.Dataset, *, splits: Sequence[str] | None =
 
 
 def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
-    """One panel per layer (mean ± spread over runs) and an overview panel, for one split."""
+    """One panel per layer (mean ± spread over runs) and an overview panel, for one split.
+
+    Degenerate points (:func:`degenerate_mask`) are marked with × and a legend entry.
+    """
     require_variables(mi, ["I_XT", "I_TY"])
     mi = as_runs(mi)
     if split not in [str(s) for s in mi["split"].values]:
@@ -380,13 +469,19 @@ def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
         fig = _new_figure(3.0 * ncols + 0.9, 2.7 * nrows + 0.5)
         grid = fig.subplots(nrows, ncols, squeeze=False)
         axes = list(grid.ravel())
-        _layer_legend(fig, axes[0], _overview_panel(axes[0], mi, split, epoch, norm))
+        handles = _overview_panel(axes[0], mi, split, epoch, norm)
         axes[0].set_title("all layers (means)")
+        degenerate = degenerate_mask(mi, split)
+        marked = False
         for k, layer in enumerate(layers):
             ax = axes[k + 1]
             _trajectory(ax, ixt[..., k], ity[..., k], epoch, norm)
+            marked |= mark_degenerate_plane(ax, ixt[..., k], ity[..., k], degenerate[:, k])
             _min_span(ax)
             ax.set_title(f"layer {k + 1}: {layer}")
+        if marked and not any(h.get_label() == DEGENERATE_LABEL for h in handles):
+            handles.append(_degenerate_handle())
+        _layer_legend(fig, axes[0], handles)
         for ax in axes[panels:]:
             ax.remove()
         for index, ax in enumerate(axes[:panels]):
@@ -417,20 +512,28 @@ def _per_layer_setup(
 
 
 def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
-    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs)."""
+    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs).
+
+    Degenerate points (:func:`degenerate_mask`) are marked with × and a legend entry.
+    """
     from matplotlib.lines import Line2D
 
     mi, splits, layers, colors, epoch, order = _per_layer_setup(mi, splits, ["I_XT", "I_TY"])
     rows = (("I_XT", BITS_XT, "H_X"), ("I_TY", BITS_TY, "H_Y"))
+    marked = False
     with _style():
         fig = _new_figure(3.9 * len(splits) + 1.6, 5.6)
         axes = fig.subplots(2, len(splits), squeeze=False, sharex=True)
         for col, split in enumerate(splits):
+            degenerate = degenerate_mask(mi, split)[order]
             for row, (var, label, bound) in enumerate(rows):
                 ax = axes[row, col]
                 values = split_values(mi, var, split)
                 for k, color in enumerate(colors):
                     _band(ax, epoch[order], values[:, order, k], color)
+                    marked |= mark_degenerate_curve(
+                        ax, epoch[order], values[:, order, k], degenerate[:, k]
+                    )
                 if bound in mi:
                     mean = across_runs(split_values(mi, bound, split))[0][order]
                     ax.plot(epoch[order], mean, color="0.2", lw=0.9, ls="--", zorder=5)
@@ -444,6 +547,8 @@ def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> F
             for c, name in zip(colors, layers, strict=True)
         ]
         handles.append(Line2D([], [], color="0.2", lw=0.9, ls="--", label="H(X), H(Y)"))
+        if marked:
+            handles.append(_degenerate_handle())
         fig.legend(handles=handles, loc="outside right upper", title="layer")
         fig.suptitle(_title(mi, "Mutual information against epoch"))
     return fig
