@@ -74,6 +74,7 @@ __all__ = [
     "phase_table",
     "phase_verdicts",
     "require_variables",
+    "results_by_name",
     "saturation",
     "select_splits",
     "smooth",
@@ -890,6 +891,21 @@ def phase_table(
             )
             rows.append(row)
     return pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
+
+
+def results_by_name(sources: Sequence[Any]) -> dict[str, xr.Dataset]:
+    """Results (Datasets or paths of ``mi/<preset>.zarr``) by their ``estimator`` attribute, the
+    preset's name; two results of one name raise :class:`InputError`."""
+    from infoplane.io.results import open_result
+
+    results: dict[str, Any] = {}
+    for source in sources:
+        mi = source if hasattr(source, "data_vars") else open_result(source)
+        name = str(mi.attrs.get("estimator") or f"result {len(results) + 1}")
+        if name in results:
+            raise InputError(f"two results given are both named {name!r}")
+        results[name] = mi
+    return results
 
 
 def phase_verdicts(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

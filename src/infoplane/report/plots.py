@@ -1,5 +1,5 @@
 """Figures of information-plane results: the information plane, MI and kernel widths against
-epoch, data-processing checks and training curves.
+epoch, data-processing checks, the members of a sensitivity family and training curves.
 
 Every figure is drawn on its own :class:`matplotlib.figure.Figure` (no pyplot state, the Agg
 renderer) under a fixed style, and saved without a software or date stamp, so the same data give
@@ -40,6 +40,7 @@ from infoplane.report.analysis import (
     load_metrics,
     normalised_mi,
     require_variables,
+    results_by_name,
     select_splits,
     split_values,
 )
@@ -64,6 +65,8 @@ ESTIMATE_FIGURES = (
 DATA_PROCESSING_TABLE = "data_processing.csv"
 #: File names :func:`plot_comparison` writes (one per split).
 COMPARISON_FIGURES = {"train": "comparison_train.png", "test": "comparison_test.png"}
+#: File names :func:`plot_family` writes (one per split).
+FAMILY_FIGURES = {"train": "family_train.png", "test": "family_test.png"}
 #: File name :func:`plot_training` writes by default.
 TRAINING_FIGURE = "training.png"
 
@@ -762,6 +765,111 @@ def comparison_figure(
     return fig
 
 
+def _member_means(
+    results: Mapping[str, xr.Dataset], split: str, layers: Sequence[str], var: str
+) -> np.ndarray:
+    """(member, step, layer) mean over runs of ``var`` on one split, in bits."""
+    import numpy as np
+
+    return np.stack(
+        [
+            across_runs(normalised_mi(mi, var, split, layers, normalise=False))[0]
+            for mi in results.values()
+        ]
+    )
+
+
+def family_figure(
+    results: Mapping[str, xr.Dataset], split: str = "train", *, family: str | None = None
+) -> Figure:
+    """The members of a sensitivity family, per layer: where their trajectories agree.
+
+    Top row: the information plane of every layer; each member's mean path over runs (one
+    colour per member) and, grey, the band the members span: at every captured step the
+    rectangle from the smallest to the largest member mean of I(X;T) and of I(T;Y). Bottom row:
+    I(X;T) against epoch, each member's mean and the grey band from the smallest to the largest.
+    A conclusion that holds across the band survives the knob the family varies. Bits (the
+    members share an estimator).
+
+    Parameters
+    ----------
+    results
+        ``member name -> result`` of the same runs and steps (stacked or one run each).
+    split
+        The probe to show.
+    family
+        The family's name, for the title.
+    """
+    import numpy as np
+    from matplotlib.collections import PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    if not results:
+        raise InputError("a family figure needs the results of at least one member")
+    results = {name: as_runs(mi) for name, mi in results.items()}
+    first = next(iter(results.values()))
+    for name, mi in results.items():
+        require_variables(mi, ["I_XT", "I_TY"])
+        if split not in [str(s) for s in mi["split"].values]:
+            raise InputError(f"split {split!r} is not in the estimates of {name!r}")
+        if not np.array_equal(mi["step"].values, first["step"].values):
+            raise InputError(
+                f"family members {next(iter(results))!r} and {name!r} have different steps; "
+                "estimate every member from the same runs"
+            )
+    layers = [str(v) for v in first["layer"].values]
+    epoch = epochs(first)
+    order = np.argsort(epoch, kind="stable")
+    x = _member_means(results, split, layers, "I_XT")[:, order]
+    y = _member_means(results, split, layers, "I_TY")[:, order]
+    colors = _preset_colors(len(results))
+    with _style():
+        fig = _new_figure(2.7 * len(layers) + 1.8, 5.6)
+        axes = fig.subplots(2, len(layers), squeeze=False)
+        for k, layer in enumerate(layers):
+            ax, ax_t = axes[0, k], axes[1, k]
+            with np.errstate(all="ignore"):
+                x_lo, x_hi = np.nanmin(x[..., k], axis=0), np.nanmax(x[..., k], axis=0)
+                y_lo, y_hi = np.nanmin(y[..., k], axis=0), np.nanmax(y[..., k], axis=0)
+            ok = np.isfinite(x_lo) & np.isfinite(y_lo)
+            boxes = [
+                Rectangle((a, b), c - a, d - b)
+                for a, b, c, d in zip(x_lo[ok], y_lo[ok], x_hi[ok], y_hi[ok], strict=True)
+            ]
+            ax.add_collection(
+                PatchCollection(boxes, facecolor="0.6", edgecolor="none", alpha=0.18, zorder=1)
+            )
+            ax_t.fill_between(
+                epoch[order][ok], x_lo[ok], x_hi[ok], color="0.6", alpha=0.3, lw=0, zorder=1
+            )
+            for m, color in enumerate(colors):
+                good = np.isfinite(x[m, :, k]) & np.isfinite(y[m, :, k])
+                ax.plot(x[m, good, k], y[m, good, k], color=color, lw=1.0, zorder=3)
+                ax_t.plot(epoch[order][good], x[m, good, k], color=color, lw=1.0, zorder=3)
+            ax.autoscale_view()
+            _min_span(ax)
+            ax.set_title(f"layer {k + 1}: {layer}")
+            ax.set_xlabel(BITS_XT)
+            ax_t.set_xlabel("epoch")
+            ax_t.set_xscale("symlog", linthresh=0.1, linscale=0.5)
+        axes[0, 0].set_ylabel(BITS_TY)
+        axes[1, 0].set_ylabel(BITS_XT)
+        handles = [
+            Line2D([], [], color=c, lw=1.5, label=name)
+            for c, name in zip(colors, results, strict=True)
+        ]
+        handles.append(Patch(facecolor="0.6", alpha=0.3, label="range over members"))
+        fig.legend(handles=handles, loc="outside right upper", title="member")
+        experiment = first.attrs.get("experiment")
+        runs = first.sizes.get("run", 1)
+        what = f"family {family}" if family else "Family"
+        head = f"{what[0].upper()}{what[1:]}, {split} probe"
+        where = f" — {experiment}" if experiment else ""
+        fig.suptitle(f"{head}{where} ({runs} run{'s' if runs != 1 else ''})")
+    return fig
+
+
 def training_figure(metrics: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Loss and accuracy against epoch, train and test, mean and ±1 std band over runs."""
     import numpy as np
@@ -866,19 +974,36 @@ def plot_comparison(
     Each result is named by its ``estimator`` attribute (the preset name); the files are those of
     :data:`COMPARISON_FIGURES`.
     """
-    results: dict[str, Any] = {}
-    for source in sources:
-        mi = source if hasattr(source, "data_vars") else open_result(source)
-        name = str(mi.attrs.get("estimator") or f"result {len(results) + 1}")
-        if name in results:
-            raise InputError(f"two results to compare are both named {name!r}")
-        results[name] = mi
+    results = results_by_name(sources)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for split in splits:
         fig = comparison_figure(results, split, normalise=normalise)
         name = COMPARISON_FIGURES.get(split, f"comparison_{split}.png")
+        written.append(save_figure(fig, out_dir / name))
+    return written
+
+
+def plot_family(
+    sources: Sequence[xr.Dataset | str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    family: str | None = None,
+    splits: Sequence[str] = ("train", "test"),
+) -> list[Path]:
+    """Write :func:`family_figure` of a family's members, one file per split.
+
+    Each result is named by its ``estimator`` attribute (the member's name); the files are those
+    of :data:`FAMILY_FIGURES`.
+    """
+    results = results_by_name(sources)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in splits:
+        fig = family_figure(results, split, family=family)
+        name = FAMILY_FIGURES.get(split, f"family_{split}.png")
         written.append(save_figure(fig, out_dir / name))
     return written
 
