@@ -16,6 +16,12 @@ A preset names its ``estimator`` (default ``matrix``) and that estimator's param
 The resolved mapping is the one stored in a result's attributes, so it must re-create the
 estimate exactly.
 
+Every layer width rule takes ``scale`` (a factor > 0 on the width the rule chose, after
+smoothing; kept in the resolved mapping only when it is not 1). A configuration entry may instead
+be a sensitivity *family*, ``{family: {base, vary, values, labels}}``: it expands into one ordinary
+preset per value, ``<family>.<label>`` (:func:`family_members`, :func:`expand_families`), each
+resolved exactly as a single preset with its mapping would be.
+
 Presets are looked up by name, first in the ``estimators:`` mapping of the given configuration,
 then among :data:`BUILTIN_PRESETS`. The built-ins are defined here only: a configuration names them
 without defining them, lists under ``estimators:`` only presets of its own, and replaces a
