@@ -373,6 +373,12 @@ def test_phase_intervals_combine_seeds_and_resampling_bounds():
              for name, t in (("plain", plain), ("narrow", narrow), ("wide", wide))}  # fmt: skip
     assert width["plain"] < width["narrow"] < width["wide"]
     assert narrow.loc[key, "significant"] and not wide.loc[key, "significant"]
+    # bounds of I(X;T) only: the compression uses them, the fitting the seeds alone
+    only_xt = with_bounds(ds, 0.01).drop_vars(["I_TY_lo", "I_TY_hi"])
+    partial = analysis.phase_table(only_xt, window=1).set_index(["split", "layer"])
+    assert partial.loc[key, "resampled"]
+    assert partial.loc[key, "compression_lo"] == narrow.loc[key, "compression_lo"]
+    assert partial.loc[key, "fitting_lo"] == plain.loc[key, "fitting_lo"]
     # one run: seeds give no interval, the resampling bounds still do
     one = ds.isel(run=[0])
     assert np.isnan(analysis.phase_table(one, window=1)["compression_lo"]).all()

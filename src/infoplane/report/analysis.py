@@ -752,7 +752,7 @@ def phase_metrics(
     -------
     xarray.Dataset
         The variables above on (``run``, ``layer``); attrs ``split``, ``window``,
-        ``resampled`` (whether both pairs of bounds were there).
+        ``resampled`` (whether both pairs of bounds were there; each amount uses its own pair).
     """
     import xarray as xr
 
@@ -855,7 +855,8 @@ def phase_table(
 
     Built on :func:`phase_metrics` and :func:`mean_interval`: ``fitting``/``compression`` are
     the means over runs, ``*_lo``/``*_hi`` the interval (seeds, and the resampling bounds when
-    the result holds them: ``resampled``), ``*_onset_epoch`` the mean onsets. Compression is
+    the result holds them; ``resampled`` says so for the compression), ``*_onset_epoch`` the
+    mean onsets. Compression is
     ``significant`` where its interval lies above ``atol`` bits (a saturated estimator varies by
     rounding only).
 
@@ -876,10 +877,11 @@ def phase_table(
                 "split": split,
                 "layer": str(layer),
                 "runs": int(np.isfinite(part["compression"].values).sum()),
-                "resampled": bool(metrics.attrs["resampled"]),
+                "resampled": bool(np.isfinite(part["compression_se"].values).any()),
             }
             for amount in ("fitting", "compression"):
-                se = part[f"{amount}_se"].values if metrics.attrs["resampled"] else None
+                # runs without bounds (all NaN) fall back to the seeds alone
+                se = part[f"{amount}_se"].values
                 mean, lo, hi = mean_interval(part[amount].values, se, level=level)
                 row[amount], row[f"{amount}_lo"], row[f"{amount}_hi"] = mean, lo, hi
                 onset = part[f"{amount}_onset_epoch"].values
