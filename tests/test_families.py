@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from infoplane.errors import InputError
-from infoplane.estimate.pipeline import estimate
+from infoplane.estimate.pipeline import estimate, keep_alignment_widths
 from infoplane.presets import resolve_preset
 from infoplane.testing import assert_results_identical
 
@@ -22,10 +22,13 @@ FAMILY = {
 def test_members_estimate_as_their_single_presets_from_the_kept_widths(run_dir, client, caplog):
     cache = run_dir / "distances.zarr"
     paper = resolve_preset(None, "paper")
-    base = estimate(cache, paper, name="paper", client=client)  # searches, keeps the widths
+    # the workflow's `widths` job: one search, kept in the cache ahead of the members
+    summary = keep_alignment_widths(cache, grid="linear", points=100, client=client)
+    assert summary["steps"] == {"train": 4, "test": 4}
     with caplog.at_level(logging.INFO, logger="infoplane.estimate.pipeline"):
+        base = estimate(cache, paper, name="paper", client=client)
         member = estimate(cache, resolve_preset(FAMILY, "sig.x2"), name="sig.x2", client=client)
-    assert caplog.text.count("alignment widths kept") == 2  # both splits: no new search
+    assert caplog.text.count("alignment widths kept") == 4  # two presets × two splits: no search
     single = {**paper, "layer_width": {**paper["layer_width"], "scale": 2.0}}
     assert_results_identical(member, estimate(cache, single, name="sig.x2", client=client))
     # scale 1 is the base preset itself, scale 2 doubles the smoothed widths it chose
