@@ -359,6 +359,8 @@ def test_phase_table_finds_compression_and_fitting_with_intervals():
     assert a["fitting"] == pytest.approx(1.0, abs=1e-9)
     assert a["fitting_onset_epoch"] == 10  # the first step past 10 % of the rise
     assert b["compression_lo"] < 0.1 and not b["significant"]
+    flat = analysis.phase_table(phase_result({"a": 0.8}, rise=0.0), window=1)
+    assert np.allclose(flat["fitting"], 0) and flat["fitting_onset_epoch"].isna().all()
 
 
 def test_phase_intervals_combine_seeds_and_resampling_bounds():

@@ -685,6 +685,8 @@ def saturation(mi: xr.Dataset, *, var: str = "H_T") -> xr.DataArray:
 PHASE_LEVEL = 0.9
 #: The fitting phase starts where the smoothed I(T;Y) has made this share of its rise.
 FITTING_ONSET_SHARE = 0.1
+# a rise up to this many bits is rounding (the moving average sums), not a rise
+_FLAT_BITS = 1e-9
 #: Columns of :func:`phase_table`, in order.
 PHASE_COLUMNS = (
     "split",
@@ -740,7 +742,7 @@ def phase_metrics(
 
     - ``fitting``: the rise of smoothed I(T;Y) from the first step to its maximum (the ``rise``
       of :func:`phase_summary` on ``I_TY``); ``fitting_onset_step``/``_epoch``: the first step at
-      which it has made ``onset_share`` of that rise;
+      which it has made ``onset_share`` of that rise (-1 / NaN for a curve that never rises);
     - ``compression``: the drop of smoothed I(X;T) from its maximum to the last step (the
       ``drop`` of :func:`phase_summary` on ``I_XT``); ``compression_onset_step``/``_epoch``:
       where that maximum is;
@@ -767,7 +769,8 @@ def phase_metrics(
     curve = smooth(mi["I_TY"].sel(split=split), window).transpose("run", "layer", "step").values
     start = fit["start"].values
     onset = _first_reaching(curve, start + onset_share * fit["rise"].values)
-    found = (onset >= 0) & np.isfinite(fit["rise"].values)
+    with np.errstate(invalid="ignore"):  # a curve that never rises has no onset
+        found = (onset >= 0) & (fit["rise"].values > _FLAT_BITS)
     dims = ("run", "layer")
     out = {
         "fitting": (dims, fit["rise"].values),
