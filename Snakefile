@@ -26,6 +26,8 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     run=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     preset=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    family=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    search=r"alignment-(linear|log)-[0-9]+-[a-z]+",
 
 
 include: "workflow/rules/common.smk"
@@ -35,6 +37,7 @@ include: "workflow/rules/distances.smk"
 include: "workflow/rules/estimate.smk"
 include: "workflow/rules/plot.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/phases.smk"
 
 
 rule all:

@@ -304,3 +304,108 @@ def test_analysis_imports_neither_the_figures_nor_matplotlib():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]"
+
+
+# --- phase metrics with intervals and verdicts ---------------------------------------------
+
+
+def phase_result(drops, *, rise=1.0, noise=0.02, seed=0):
+    """Stacked :func:`make_result` runs whose I(X;T) rises 1 bit by step 30 and then drops by
+    ``drops[layer]`` bits by the last step (each run and step off by ``noise``; a layer of drop
+    0 keeps rising, each run off by a constant), and whose I(T;Y) rises by ``rise`` bits over
+    the first 3 steps, on both splits."""
+    from infoplane.testing import make_result
+
+    rng = np.random.default_rng(seed)
+    layers = list(drops)
+    runs = []
+    for r in range(4):
+        ds = make_result(n_steps=8, layers=layers)
+        up = np.minimum(np.arange(8), 3) / 3.0  # 0, 1/3, 2/3, 1, 1, ...
+        for k, drop in enumerate(drops.values()):
+            if drop:
+                down = np.clip(np.arange(8) - 3, 0, None) / 4.0 * drop
+                xt = 1.0 + up - down * (1 + noise * rng.standard_normal())
+                xt = xt + noise * rng.normal(size=8)
+            else:
+                xt = 1.0 + np.arange(8) / 7.0 + noise * rng.standard_normal()
+            ds["I_XT"][:, :, k] = xt
+            ds["I_TY"][:, :, k] = 0.2 + rise * up
+        runs.append(ds.expand_dims(run=[f"seed{r}"]))
+    return xr.concat(runs, dim="run")
+
+
+def with_bounds(ds, half_width, level=0.9):
+    """``ds`` with resampling bounds ``I_XT_lo/_hi`` and ``I_TY_lo/_hi`` of ± ``half_width``."""
+    out = ds.copy()
+    for var in ("I_XT", "I_TY"):
+        out[f"{var}_lo"] = ds[var] - half_width
+        out[f"{var}_hi"] = ds[var] + half_width
+    out.attrs["interval_level"] = level
+    return out
+
+
+def test_phase_table_finds_compression_and_fitting_with_intervals():
+    ds = phase_result({"a": 0.8, "b": 0.0})
+    table = analysis.phase_table(ds, window=1)
+    assert list(table.columns) == list(analysis.PHASE_COLUMNS)
+    assert len(table) == 4 and set(table["split"]) == {"train", "test"}
+    a = table[(table["split"] == "train") & (table["layer"] == "a")].iloc[0]
+    b = table[(table["split"] == "train") & (table["layer"] == "b")].iloc[0]
+    assert a["runs"] == 4 and not a["resampled"]
+    assert a["compression_lo"] < a["compression"] < a["compression_hi"]
+    assert a["compression"] == pytest.approx(0.8, abs=0.1) and a["significant"]
+    assert a["compression_onset_epoch"] == pytest.approx(30, abs=10)  # make_result: epoch = step
+    assert a["fitting"] == pytest.approx(1.0, abs=1e-9)
+    assert a["fitting_onset_epoch"] == 10  # the first step past 10 % of the rise
+    assert b["compression_lo"] < 0.1 and not b["significant"]
+    flat = analysis.phase_table(phase_result({"a": 0.8}, rise=0.0), window=1)
+    assert np.allclose(flat["fitting"], 0) and flat["fitting_onset_epoch"].isna().all()
+
+
+def test_phase_intervals_combine_seeds_and_resampling_bounds():
+    ds = phase_result({"a": 0.8, "b": 0.0})
+    plain = analysis.phase_table(ds, window=1).set_index(["split", "layer"])
+    narrow = analysis.phase_table(with_bounds(ds, 0.01), window=1).set_index(["split", "layer"])
+    wide = analysis.phase_table(with_bounds(ds, 2.0), window=1).set_index(["split", "layer"])
+    key = ("train", "a")
+    assert narrow.loc[key, "resampled"] and not plain.loc[key, "resampled"]
+    assert narrow.loc[key, "compression"] == plain.loc[key, "compression"]
+    width = {name: t.loc[key, "compression_hi"] - t.loc[key, "compression_lo"]
+             for name, t in (("plain", plain), ("narrow", narrow), ("wide", wide))}  # fmt: skip
+    assert width["plain"] < width["narrow"] < width["wide"]
+    assert narrow.loc[key, "significant"] and not wide.loc[key, "significant"]
+    # bounds of I(X;T) only: the compression uses them, the fitting the seeds alone
+    only_xt = with_bounds(ds, 0.01).drop_vars(["I_TY_lo", "I_TY_hi"])
+    partial = analysis.phase_table(only_xt, window=1).set_index(["split", "layer"])
+    assert partial.loc[key, "resampled"]
+    assert partial.loc[key, "compression_lo"] == narrow.loc[key, "compression_lo"]
+    assert partial.loc[key, "fitting_lo"] == plain.loc[key, "fitting_lo"]
+    # one run: seeds give no interval, the resampling bounds still do
+    one = ds.isel(run=[0])
+    assert np.isnan(analysis.phase_table(one, window=1)["compression_lo"]).all()
+    single = analysis.phase_table(with_bounds(one, 0.01), window=1).set_index(["split", "layer"])
+    assert single.loc[key, "significant"] and not single.loc[("train", "b"), "significant"]
+
+
+def test_mean_interval_is_the_t_interval_of_the_runs():
+    from scipy import stats
+
+    values = np.array([0.5, 0.7, 0.6, np.nan])
+    mean, lo, hi = analysis.mean_interval(values, level=0.9)
+    ref = stats.t.interval(0.9, 2, loc=0.6, scale=stats.sem(values[:3]))
+    assert mean == pytest.approx(0.6) and (lo, hi) == pytest.approx(ref)
+
+
+def test_phase_verdicts_every_some_none():
+    strong = analysis.phase_table(phase_result({"a": 0.8, "b": 0.6, "c": 0.0}), window=1)
+    weak = analysis.phase_table(phase_result({"a": 0.8, "b": 0.0, "c": 0.0}, seed=1), window=1)
+    verdicts = analysis.phase_verdicts({"m.x1": strong, "m.x2": weak})
+    assert list(verdicts.columns[:2]) == ["preset", "split"]
+    assert {"significant_under", "presets", "verdict"} <= set(verdicts.columns)
+    train = verdicts[verdicts["split"] == "train"].drop_duplicates("layer").set_index("layer")
+    assert train["verdict"].to_dict() == {"a": "every", "b": "some", "c": "none"}
+    assert train.loc["b", "significant_under"] == 1 and train.loc["b", "presets"] == 2
+    assert len(verdicts) == 2 * len(strong)
+    with pytest.raises(InputError):
+        analysis.phase_verdicts({})

@@ -510,3 +510,56 @@ def test_real_mnist_full_needs_the_training_files(mnist_dir, tmp_path):
         pytest.skip("this folder holds the training files too")
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz not found"):
         load_dataset("mnist", path=mnist_dir)
+
+
+def _raw_pixel_npz(path: Path, rng: np.random.Generator) -> Path:
+    """40 grey 12×12 images of 0–255 pixels in 4 classes (prototypes plus noise), as uint8."""
+    prototypes = rng.integers(0, 256, size=(4, 12, 12))
+    y = np.arange(40) % 4
+    noise = rng.normal(0.0, 40.0, size=(40, 12, 12))
+    x = np.clip(prototypes[y] + noise, 0, 255).astype(np.uint8)
+    x[0, 0, 0], x[1, 0, 0] = 0, 255  # the training split spans the full range
+    np.savez(path, x=x, y=y, x_test=x[:8], y_test=y[:8])
+    return path
+
+
+def _input_entropy(x: np.ndarray) -> float:
+    """H(X) of the paper preset's input kernel (σ_X = 8) on the inputs ``x``."""
+    from infoplane.core.distances import squared_distances
+    from infoplane.core.entropy import renyi_entropy
+    from infoplane.core.kernels import gaussian_gram
+    from infoplane.core.plane import rule_width
+    from infoplane.presets import resolve_preset
+
+    preset = resolve_preset(None, "paper")
+    d2 = squared_distances(x.reshape(len(x), -1).astype(np.float64))
+    sigma = rule_width(preset["input_width"], d2, int(np.prod(x.shape[1:])))
+    return float(renyi_entropy(gaussian_gram(d2, sigma), preset["alpha"]))
+
+
+def test_npz_normalize_unit_ends_the_saturated_input_entropy(tmp_path, rng):
+    path = _raw_pixel_npz(tmp_path / "raw.npz", rng)
+    raw = load_dataset("npz", path=path)
+    unit = load_dataset("npz", path=path, normalize="unit")
+    ceiling = np.log2(len(raw.x_train))
+    assert raw.x_train.max() == 255.0 and "normalize" not in raw.description
+    assert _input_entropy(raw.x_train) >= ceiling - 1e-2  # every image its own cluster
+    # the same scale as MNIST's /255, on the training split's own range
+    np.testing.assert_array_equal(unit.x_train, raw.x_train / np.float32(255))
+    assert unit.description["normalize"] == "unit"
+    h_unit = _input_entropy(unit.x_train)
+    assert 0.5 < h_unit < ceiling - 0.5
+
+
+def test_npz_normalize_options(tmp_path, rng):
+    x = rng.normal(50.0, 4.0, size=(30, 3)).astype(np.float32)
+    x[:, 2] = 7.0  # a constant feature stays finite under standard
+    np.savez(tmp_path / "v.npz", x=x, y=np.arange(30) % 3)
+    d = load_dataset("npz", path=tmp_path / "v.npz", normalize="standard", test_size=6)
+    assert np.allclose(d.x_train.mean(axis=0), 0.0, atol=1e-4)
+    assert np.allclose(d.x_train[:, :2].std(axis=0), 1.0, atol=1e-4)
+    assert np.isfinite(d.x_test).all() and not d.x_train[:, 2].any()
+    u = load_dataset("npz", path=tmp_path / "v.npz", normalize="unit", test_size=6)
+    assert u.x_train.min() == 0.0 and u.x_train.max() == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="npz: unknown normalize"):
+        load_dataset("npz", path=tmp_path / "v.npz", normalize="minmax")

@@ -297,3 +297,47 @@ def test_saturated_layer_keeps_a_readable_range(rng):
     low, high = fc1.get_xlim()
     assert high - low >= plots.MIN_SPAN_BITS * (1 - 1e-9)
     assert fc1.xaxis.get_offset_text().get_text() == ""
+
+
+# --- degenerate points marked ----------------------------------------------------------------
+
+
+def _degenerate_marks(fig) -> list:
+    return [c for ax in fig.axes for c in ax.collections if c.get_gid() == plots.DEGENERATE_GID]
+
+
+def _legend_texts(fig) -> list[str]:
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def test_degenerate_points_are_marked_with_a_legend_entry():
+    from infoplane.testing import make_result
+
+    clean = make_result(n_steps=4, layers=("a", "b"))  # N = 8: log2 N = 3 bits
+    ds = clean.copy(deep=True)
+    point = {"split": "train", "layer": "b", "step": [10, 20]}
+    for name, value in (("H_T", 0.0), ("H_XT", 2.0), ("I_XT", 0.0), ("H_TY", 1.5), ("I_TY", 0.0)):
+        ds[name].loc[point] = value  # layer b collapsed at two steps of train
+    assert plots.degenerate_mask(ds, "train")[:, 1].tolist() == [False, True, True, False]
+    assert not plots.degenerate_mask(ds, "test").any()
+
+    layers_fig = plots.information_plane_layers(ds, "train")
+    marks = _degenerate_marks(layers_fig)
+    # the overview panel and the panel of layer b, two points each, at b's mean path
+    assert len(marks) == 2 and all(len(m.get_offsets()) == 2 for m in marks)
+    np.testing.assert_allclose(marks[1].get_offsets(), [[0.0, 0.0], [0.0, 0.0]])
+    assert plots.DEGENERATE_LABEL in _legend_texts(layers_fig)
+    epoch_fig = plots.mi_epoch_figure(ds)
+    assert len(_degenerate_marks(epoch_fig)) == 2  # I(X;T) and I(T;Y) of b, train column
+    assert plots.DEGENERATE_LABEL in _legend_texts(epoch_fig)
+    overview = plots.information_plane_overview(ds)
+    assert len(_degenerate_marks(overview)) == 1
+
+    # nothing degenerate: no mark, no legend entry
+    for fig in (
+        plots.information_plane_layers(clean, "train"),
+        plots.mi_epoch_figure(clean),
+        plots.information_plane_overview(clean),
+    ):
+        assert not _degenerate_marks(fig) and plots.DEGENERATE_LABEL not in _legend_texts(fig)

@@ -214,3 +214,123 @@ def test_builtins_named_by_the_shipped_configs_resolve_to_the_documented_mapping
 
 def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# --- width scale and sensitivity families --------------------------------------------------
+
+FAMILIES = {
+    "estimators": {
+        "mine": {"kernel": "tensor", "layer_width": {"rule": "fixed", "sigma": 2.0}},
+        "sig": {"family": {"base": "paper", "vary": "sigma_scale", "values": [0.5, 1, 2]}},
+        "alp": {"family": {"base": "mine", "vary": "alpha", "values": [1.0, 2.0]}},
+        "wid": {
+            "family": {
+                "base": "paper",
+                "vary": "layer_width",
+                "values": [{"rule": "alignment", "smoothing": 0.0}, {"rule": "median"}],
+                "labels": ["raw", "med"],
+            }
+        },
+    }
+}
+
+
+def test_scale_one_or_absent_leaves_the_preset_unchanged():
+    paper = resolve_preset(None, "paper")
+    for scale in (1, 1.0):
+        same = validate_preset({**paper, "layer_width": {**paper["layer_width"], "scale": scale}})
+        assert preset_to_json(same) == preset_to_json(paper)
+    scaled = validate_preset({"layer_width": {"rule": "median", "scale": 3}})
+    assert scaled["layer_width"] == {"rule": "median", "scale": 3.0}
+    for bad in (0, -1, "2", True):
+        with pytest.raises(ConfigError, match=r"layer_width\.scale"):
+            validate_preset({"layer_width": {"rule": "median", "scale": bad}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        validate_preset({"input_width": {"rule": "fixed", "sigma": 8.0, "scale": 2}})
+
+
+def test_family_members_are_the_single_presets_they_expand_to():
+    from infoplane.presets import expand_preset_names, preset_families
+
+    assert preset_families(FAMILIES) == {
+        "sig": ["sig.x0.5", "sig.x1", "sig.x2"],
+        "alp": ["alp.a1", "alp.a2"],
+        "wid": ["wid.raw", "wid.med"],
+    }
+    paper, mine = resolve_preset(None, "paper"), FAMILIES["estimators"]["mine"]
+    singles = {
+        "sig.x0.5": {**paper, "layer_width": {**paper["layer_width"], "scale": 0.5}},
+        "sig.x1": paper,
+        "sig.x2": {**paper, "layer_width": {**paper["layer_width"], "scale": 2}},
+        "alp.a2": {**mine, "alpha": 2},
+        "wid.med": {**paper, "layer_width": {"rule": "median"}},
+    }
+    for member, single in singles.items():
+        expected = resolve_preset({"estimators": {"one": single}}, "one")
+        assert preset_to_json(resolve_preset(FAMILIES, member)) == preset_to_json(expected)
+    assert available_presets(FAMILIES)[:3] == ["mine", "sig.x0.5", "sig.x1"]
+    assert expand_preset_names(FAMILIES, ["paper", "sig", "sig.x2"]) == [
+        "paper", "sig.x0.5", "sig.x1", "sig.x2"
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"is a family; estimate one of its members: sig\.x0\.5"):
+        resolve_preset(FAMILIES, "sig")
+
+
+@pytest.mark.parametrize(
+    ("family", "message"),
+    [
+        ({"base": "nope", "vary": "alpha", "values": [1]}, "'nope' is not a preset"),
+        ({"base": "paper", "vary": "beta", "values": [1]}, "vary must be one of"),
+        ({"base": "paper", "vary": "alpha", "values": []}, "non-empty list"),
+        ({"base": "paper", "vary": "alpha"}, "lacks values"),
+        ({"base": "paper", "vary": "alpha", "values": [1], "x": 1}, "unknown key"),
+        ({"base": "paper", "vary": "alpha", "values": [1, 1.0]}, "two members named 'fam.a1'"),
+        (
+            {"base": "paper", "vary": "alpha", "values": [1, 1.0], "labels": ["p", "q"]},
+            "'fam.p' and 'fam.q' the same preset",
+        ),
+        ({"base": "paper", "vary": "alpha", "values": [-1]}, "bad value -1.*alpha"),
+        ({"base": "paper", "vary": "sigma_scale", "values": [0]}, "bad value 0.*scale"),
+        ({"base": "kde", "vary": "sigma_scale", "values": [2]}, "needs a base with layer_width"),
+        ({"base": "binning", "vary": "alpha", "values": [2]}, "alpha needs a matrix base"),
+        ({"base": "paper", "vary": "alpha", "values": [1, 2], "labels": ["a"]}, "2 labels"),
+        ({"base": "paper", "vary": "alpha", "values": [1], "labels": ["a/b"]}, "not a label"),
+        (
+            {"base": "paper", "vary": "layer_width", "values": [{"rule": "nope"}]},
+            "layer_width.rule must be one of",
+        ),
+        ({"base": "other", "vary": "alpha", "values": [2]}, "'other' is a family"),
+    ],
+)
+def test_bad_families_are_rejected_naming_the_key(family, message):
+    presets = {
+        "fam": {"family": family},
+        "other": {"family": {"base": "paper", "vary": "alpha", "values": [2]}},
+    }
+    with pytest.raises(ConfigError, match=message):
+        resolve_preset({"estimators": presets}, "paper")
+
+
+def test_family_errors_and_member_clashes_fail_when_the_config_is_read(tmp_path):
+    from infoplane.config import validate_config
+
+    config = {
+        "experiments": {
+            "e": {
+                "dataset": {"name": "digits"},
+                "model": {"name": "mlp"},
+                "estimators": ["sig", "sig.x2"],
+            }
+        },
+        "estimators": {
+            "sig": {"family": {"base": "paper", "vary": "sigma_scale", "values": [2]}},
+        },
+    }
+    validate_config(config)  # a family and one of its members are both valid names
+    clash = {**config, "estimators": {**config["estimators"], "sig.x2": {"alpha": 2.0}}}
+    with pytest.raises(ConfigError, match=r"member 'sig\.x2' clashes"):
+        validate_config(clash)
+    family = {"base": "paper", "vary": "alpha", "values": [2]}
+    extra = {"estimators": {"sig": {"family": family, "alpha": 2.0}}}
+    with pytest.raises(ConfigError, match=r"estimators\.sig"):
+        validate_config({**config, **extra})

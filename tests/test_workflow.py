@@ -252,6 +252,58 @@ def test_adding_binning_and_kde_presets_adds_only_their_jobs(tiny_run):
     }
 
 
+def add_family(config, values=(0.5, 2)):
+    """A sensitivity family of the tiny config's `aligned` preset: its widths scaled."""
+    family = {"base": "aligned", "vary": "sigma_scale", "values": list(values)}
+    config["estimators"]["scaled"] = {"family": family}
+    config["experiments"]["tiny"]["estimators"].append("scaled")
+
+
+FAMILY_JOBS = {
+    "preset": 2,
+    "widths": 2,  # one shared search per run, not one per member
+    "estimate": 4,
+    "stack": 2,
+    "check": 2,
+    "plot_estimates": 2,
+    "plot_comparison": 1,
+    "phases": 1,
+    "family_phases": 1,
+    "plot_family": 1,
+}
+
+
+@pytest.mark.slow
+def test_adding_a_family_adds_only_its_members_jobs(tiny_run):
+    jobs = dry_run(tiny_run, edited_config(tiny_run, "add_family.yaml", add_family))
+    assert job_counts(jobs) == Counter(FAMILY_JOBS)
+    members = {"scaled.x0.5", "scaled.x2"}
+    assert {w["preset"] for rule, w in jobs if "preset" in w} == members
+    assert {w["family"] for rule, w in jobs if "family" in w} == {"scaled"}
+    assert {w["search"] for rule, w in jobs if rule == "widths"} == {
+        "alignment-linear-30-indicator"
+    }
+
+
+def test_a_family_plans_its_members_after_one_width_search(tmp_path):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    add_family(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--dry-run")
+    counts = job_counts(planned_jobs(result))
+    assert counts["widths"] == 2 and counts["estimate"] == 2 * 4 and counts["plot_family"] == 1
+    output = result.stdout + result.stderr
+    # every member's estimate waits for its run's search; the other presets' do not
+    member_inputs = re.findall(r"input: ([^\n]*mi/scaled[^\n]*)", output)
+    estimates = re.findall(r"rule estimate:\n\s+input: ([^\n]*)", output)
+    with_widths = [
+        line for line in estimates if "/widths/alignment-linear-30-indicator.json" in line
+    ]
+    assert len(with_widths) == 4 and all("scaled" in line for line in with_widths)
+    assert member_inputs  # the family's figure and table read the members' stacks
+    assert "results/tiny/phases/scaled.csv" in output and "results/tiny/phases.csv" in output
+
+
 @pytest.mark.slow
 def test_adding_a_seed_runs_only_that_seeds_chain(tiny_run):
     def edit(config):

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "infoplane.commands.estimate",
     "infoplane.commands.check",
     "infoplane.commands.plot",
+    "infoplane.commands.phases",
 )
 
 

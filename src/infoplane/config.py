@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from infoplane.errors import ConfigError
-from infoplane.presets import BUILTIN_PRESETS, available_presets
+from infoplane.presets import BUILTIN_PRESETS, available_presets, expand_families
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 RUN_PATTERN = re.compile(r"^seed(0|[1-9][0-9]*)$")
@@ -192,6 +192,11 @@ def _reference_problems(config: Mapping) -> list[str]:
                 f"run[{i}]: unknown experiment {name!r}; defined: {', '.join(experiments)}"
             )
     presets = config["estimators"]
+    try:  # families expand to their members here, so that a bad family fails before any job
+        members = expand_families(presets)
+    except ConfigError as exc:
+        problems.append(f"estimators: {exc}")
+        members = {}
     for name, experiment in experiments.items():
         if "model" in experiment and "factory" in experiment["model"]:
             model = experiment["model"]
@@ -216,7 +221,7 @@ def _reference_problems(config: Mapping) -> list[str]:
                     "beside factory; allowed keys: factory, kwargs"
                 )
         for i, preset in enumerate(experiment["estimators"]):
-            if preset not in presets and preset not in BUILTIN_PRESETS:
+            if preset not in presets and preset not in members and preset not in BUILTIN_PRESETS:
                 available = ", ".join(available_presets({"estimators": presets}))
                 problems.append(
                     f"experiments.{name}.estimators[{i}]: unknown estimator preset {preset!r}; "

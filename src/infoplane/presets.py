@@ -25,6 +25,12 @@ mapping (and results keep their identity) whether or not it spells the defaults 
 The resolved mapping is the one stored in a result's attributes, so it must re-create the
 estimate exactly.
 
+Every layer width rule takes ``scale`` (a factor > 0 on the width the rule chose, after
+smoothing; kept in the resolved mapping only when it is not 1). A configuration entry may instead
+be a sensitivity *family*, ``{family: {base, vary, values, labels}}``: it expands into one ordinary
+preset per value, ``<family>.<label>`` (:func:`family_members`, :func:`expand_families`), each
+resolved exactly as a single preset with its mapping would be.
+
 Presets are looked up by name, first in the ``estimators:`` mapping of the given configuration,
 then among :data:`BUILTIN_PRESETS`. The built-ins are defined here only: a configuration names them
 without defining them, lists under ``estimators:`` only presets of its own, and replaces a
@@ -36,7 +42,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,21 +188,42 @@ def _check_keys(name: str, key: str, mapping: Mapping, allowed: tuple[str, ...])
 
 
 def _width_rule(
-    name: str, key: str, value: Any, rules: tuple[str, ...], default: Mapping
+    name: str,
+    key: str,
+    value: Any,
+    rules: tuple[str, ...],
+    default: Mapping,
+    *,
+    scalable: bool = False,
 ) -> dict[str, Any]:
-    """Validate one ``{rule: ..., ...}`` width mapping and fill its defaults."""
+    """Validate one ``{rule: ..., ...}`` width mapping and fill its defaults.
+
+    With ``scalable`` (the layer widths) the mapping may hold ``scale``, a factor > 0 applied to
+    the width the rule gives (after smoothing); it is kept in the resolved mapping only when it
+    is not 1, so that a mapping without it, or with ``scale: 1``, resolves as before.
+    """
     if value is None:
         value = default
     if not isinstance(value, Mapping):
         raise _fail(name, key, f"must be a mapping like {{rule: {rules[0]}}}, got {value!r}")
+    if scalable and "scale" in value:
+        scale = _positive(name, f"{key}.scale", value["scale"])
+        rest = {k: v for k, v in value.items() if k != "scale"}
+        resolved = _width_rule(name, key, rest, rules, default, scalable=True)
+        return resolved if scale == 1.0 else {**resolved, "scale": scale}
     rule = _choice(name, f"{key}.rule", value.get("rule"), rules)
     if rule == "fixed":
-        _check_keys(name, key, value, ("rule", "sigma"))
+        _check_keys(name, key, value, ("rule", "sigma", *_scale_key(scalable)))
         if "sigma" not in value:
             raise _fail(name, f"{key}.sigma", "is required by rule fixed (a width > 0)")
         return {"rule": "fixed", "sigma": _positive(name, f"{key}.sigma", value["sigma"])}
     if rule == "alignment":
-        _check_keys(name, key, value, ("rule", "grid", "points", "smoothing", "smoothing_per"))
+        _check_keys(
+            name,
+            key,
+            value,
+            ("rule", "grid", "points", "smoothing", "smoothing_per", *_scale_key(scalable)),
+        )
         grid = _choice(name, f"{key}.grid", value.get("grid", DEFAULT_ALIGNMENT["grid"]), GRIDS)
         points = value.get("points", DEFAULT_ALIGNMENT["points"])
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
@@ -219,7 +246,7 @@ def _width_rule(
             "smoothing": beta,
             "smoothing_per": unit,
         }
-    _check_keys(name, key, value, ("rule",))
+    _check_keys(name, key, value, ("rule", *_scale_key(scalable)))
     return {"rule": rule}
 
 
@@ -253,6 +280,11 @@ def _spectrum(name: str, value: Any) -> dict[str, Any] | None:
 def spectrum_of(preset: Mapping[str, Any]) -> dict[str, Any]:
     """The spectrum settings of a resolved matrix preset (the defaults when it has none)."""
     return {**DEFAULT_SPECTRUM, **preset.get("spectrum", {})}
+
+
+def _scale_key(scalable: bool) -> tuple[str, ...]:
+    """The ``scale`` key, where a width mapping may hold it (named in unknown-key errors)."""
+    return ("scale",) if scalable else ()
 
 
 def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[str, Any]:
@@ -293,7 +325,12 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
         if "channel_width" in preset:
             raise _fail(name, "channel_width", "is only used by kernel multivariate; remove it")
         resolved["layer_width"] = _width_rule(
-            name, "layer_width", preset.get("layer_width"), LAYER_RULES, DEFAULT_ALIGNMENT
+            name,
+            "layer_width",
+            preset.get("layer_width"),
+            LAYER_RULES,
+            DEFAULT_ALIGNMENT,
+            scalable=True,
         )
     else:
         if "layer_width" in preset:
@@ -390,9 +427,200 @@ def _read_mapping(path: Path) -> Any:
     return read_yaml(path)
 
 
+# ---------------------------------------------------------------------------------------------
+# sensitivity families
+
+#: What a family varies: the factor on the layer widths, the Rényi order, or the whole layer
+#: width mapping.
+FAMILY_VARIES = ("sigma_scale", "alpha", "layer_width")
+_FAMILY_KEYS = ("base", "vary", "values", "labels")
+#: A member's label: the part of its name after the family's name and ``.``.
+_LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def is_family(preset: Any) -> bool:
+    """Whether a configuration entry under ``estimators:`` is a family (``{family: {...}}``)."""
+    return isinstance(preset, Mapping) and "family" in preset
+
+
+def _family_fail(name: str, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"estimator family {name!r}: {key} {problem}")
+
+
+def _default_label(vary: str, value: Any, index: int, values: list) -> str:
+    """A member's label from its value: ``x2`` (σ scale), ``a1.01`` (α), the rule (widths)."""
+    if vary == "sigma_scale":
+        return f"x{float(value):g}"
+    if vary == "alpha":
+        return f"a{float(value):g}"
+    rules = [v.get("rule") if isinstance(v, Mapping) else None for v in values]
+    rule = rules[index]
+    return str(rule) if rules.count(rule) == 1 else f"{rule}{index + 1}"
+
+
+def _family_member(name: str, base: Mapping[str, Any], vary: str, value: Any) -> dict[str, Any]:
+    """The preset mapping of one member: ``base`` (resolved) with the varied key set."""
+    member = copy.deepcopy(dict(base))
+    if vary == "alpha":
+        member["alpha"] = value
+    elif vary == "layer_width":
+        member["layer_width"] = copy.deepcopy(value)
+    else:
+        member["layer_width"] = {**member["layer_width"], "scale": value}
+    return member
+
+
+def family_members(
+    name: str, spec: Mapping[str, Any], presets: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The members of one family: ``member name -> resolved preset``, in the order of its values.
+
+    Parameters
+    ----------
+    name
+        The family's name; member ``k`` is named ``<name>.<label k>``.
+    spec
+        The family's entry, ``{family: {base: B, vary: V, values: [...], labels: [...]}}``:
+        ``base`` a preset of the configuration (not a family) or a built-in one; ``vary`` one of
+        :data:`FAMILY_VARIES`; ``values`` the factors on the layer widths (``sigma_scale``:
+        numbers > 0, written to ``layer_width.scale``), the Rényi orders (``alpha``) or the layer
+        width mappings (``layer_width``); ``labels`` (optional) the members' labels, by default
+        ``x<factor>``, ``a<alpha>`` or the width rule.
+    presets
+        The configuration's own presets (families included), where ``base`` is looked up first.
+
+    Returns
+    -------
+    dict
+        Each member resolved exactly as a single preset holding its mapping would be.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key of the family that is wrong and what it may be.
+    """
+    if set(spec) != {"family"}:
+        extra = ", ".join(sorted(map(str, set(spec) - {"family"})))
+        raise _family_fail(name, "(top level)", f"holds {extra} beside family; move them to base")
+    body = spec["family"]
+    if not isinstance(body, Mapping):
+        raise _family_fail(
+            name, "family", f"must be a mapping {{base, vary, values}}, got {body!r}"
+        )
+    unknown = sorted(map(str, set(body) - set(_FAMILY_KEYS)))
+    if unknown:
+        raise _family_fail(
+            name, "family", f"has unknown key(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(_FAMILY_KEYS)}",
+        )  # fmt: skip
+    missing = [key for key in ("base", "vary", "values") if key not in body]
+    if missing:
+        raise _family_fail(name, "family", f"lacks {', '.join(missing)}")
+    base_name = body["base"]
+    if base_name in presets and is_family(presets[base_name]):
+        raise _family_fail(name, "family.base", f"{base_name!r} is a family; name a single preset")
+    if base_name in presets:
+        base = validate_preset(copy.deepcopy(dict(presets[base_name])), str(base_name))
+    elif base_name in BUILTIN_PRESETS:
+        base = validate_preset(copy.deepcopy(BUILTIN_PRESETS[base_name]), str(base_name))
+    else:
+        singles = [n for n, p in presets.items() if not is_family(p)]
+        known = singles + [n for n in BUILTIN_PRESETS if n not in singles]
+        raise _family_fail(
+            name, "family.base", f"{base_name!r} is not a preset; available: {', '.join(known)}"
+        )
+    vary = body["vary"]
+    if vary not in FAMILY_VARIES:
+        raise _family_fail(
+            name, "family.vary", f"must be one of {', '.join(FAMILY_VARIES)}; got {vary!r}"
+        )
+    if vary in ("sigma_scale", "layer_width") and "layer_width" not in base:
+        raise _family_fail(
+            name, "family.vary", f"{vary} needs a base with layer_width (the matrix estimator "
+            f"with kernel tensor); {base_name!r} has none",
+        )  # fmt: skip
+    if vary == "alpha" and estimator_of(base) != "matrix":
+        raise _family_fail(name, "family.vary", f"alpha needs a matrix base; {base_name!r} is not")
+    values = body["values"]
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, list) or not values:
+        raise _family_fail(name, "family.values", f"must be a non-empty list, got {values!r}")
+    labels = body.get("labels")
+    if labels is None:
+        labels = [_default_label(vary, v, k, values) for k, v in enumerate(values)]
+    elif not isinstance(labels, list) or len(labels) != len(values):
+        raise _family_fail(
+            name, "family.labels", f"must be a list of {len(values)} labels (one per value)"
+        )
+    members: dict[str, dict[str, Any]] = {}
+    canonical: dict[str, str] = {}
+    for label, value in zip(labels, values, strict=True):
+        if not isinstance(label, str) or not label or not set(label) <= _LABEL_CHARS:
+            raise _family_fail(
+                name, "family.labels", f"{label!r} is not a label (letters, digits, . _ -)"
+            )
+        member = f"{name}.{label}"
+        if member in members:
+            raise _family_fail(name, "family.labels", f"gives two members named {member!r}")
+        try:
+            resolved = validate_preset(_family_member(name, base, vary, value), member)
+        except ConfigError as exc:
+            raise _family_fail(name, "family.values", f"has a bad value {value!r}: {exc}") from None
+        text = preset_to_json(resolved)
+        twin = next((m for m, t in canonical.items() if t == text), None)
+        if twin is not None:
+            raise _family_fail(
+                name, "family.values", f"give {twin!r} and {member!r} the same preset"
+            )
+        canonical[member] = text
+        members[member] = resolved
+    return members
+
+
+def expand_families(presets: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration's presets with every family replaced by its members, in place.
+
+    Members are ordinary presets (see :func:`family_members`); a member whose name is taken by
+    another preset of the configuration is an error.
+    """
+    expanded: dict[str, Any] = {}
+    for name, preset in presets.items():
+        if not is_family(preset):
+            expanded[name] = preset
+            continue
+        for member, resolved in family_members(name, preset, presets).items():
+            if member in presets or member in expanded:
+                raise _family_fail(
+                    name, "family", f"member {member!r} clashes with another preset of that name"
+                )
+            expanded[member] = resolved
+    return expanded
+
+
+def preset_families(config: str | Path | Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """``family name -> member names`` of a configuration (empty when it defines none)."""
+    presets = load_presets(config)
+    return {
+        name: list(family_members(name, preset, presets))
+        for name, preset in presets.items()
+        if is_family(preset)
+    }
+
+
+def expand_preset_names(
+    config: str | Path | Mapping[str, Any] | None, names: Sequence[str]
+) -> list[str]:
+    """``names`` with every family name replaced by its members (duplicates dropped)."""
+    families = preset_families(config)
+    out: list[str] = []
+    for name in names:
+        out += families.get(name, [name])
+    return list(dict.fromkeys(out))
+
+
 def available_presets(config: str | Path | Mapping[str, Any] | None = None) -> list[str]:
-    """Preset names visible through ``config``: its own first, then the built-ins."""
-    own = list(load_presets(config))
+    """Preset names visible through ``config``: its own first (family members in place of their
+    family), then the built-ins."""
+    own = list(expand_families(load_presets(config)))
     return own + [name for name in BUILTIN_PRESETS if name not in own]
 
 
@@ -412,7 +640,13 @@ def resolve_preset(config: str | Path | Mapping[str, Any] | None, name: str) -> 
     dict
         A fresh, JSON-serialisable mapping (see :func:`preset_to_json`).
     """
-    presets = load_presets(config)
+    raw = load_presets(config)
+    if name in raw and is_family(raw[name]):
+        members = ", ".join(family_members(name, raw[name], raw))
+        raise ConfigError(
+            f"estimator preset {name!r} is a family; estimate one of its members: {members}"
+        )
+    presets = expand_families(raw)
     if name in presets:
         preset = presets[name]
     elif name in BUILTIN_PRESETS:

@@ -13,7 +13,13 @@ from infoplane.config import (
     validate_config,
 )
 from infoplane.train.preflight import check_experiments
-from infoplane.presets import needs_activations, preset_to_json, resolve_preset
+from infoplane.presets import (
+    expand_preset_names,
+    needs_activations,
+    preset_families,
+    preset_to_json,
+    resolve_preset,
+)
 
 # Cross-references the schema cannot express (run names, preset names, schedule keys); the
 # schema itself has already filled the defaults into `config`. A preset name is one of the
@@ -26,7 +32,11 @@ check_experiments(CONFIG)
 # The report's captions show the resolved mapping of every preset an experiment names, built-in
 # ones included (CONFIG, a validated copy, is what the jobs' params come from).
 config.setdefault("estimators", {})
-for _preset in sorted({p for e in CONFIG["experiments"].values() for p in e["estimators"]}):
+# A family's name stands for its members (ordinary presets named <family>.<label>).
+FAMILIES = preset_families(CONFIG)
+for _preset in sorted(
+    {p for e in CONFIG["experiments"].values() for p in expand_preset_names(CONFIG, e["estimators"])}
+):
     config["estimators"].setdefault(_preset, resolve_preset(CONFIG, _preset))
 
 # Datasets that are downloaded on first use; their experiments get a `dataset` job first, run
@@ -92,7 +102,56 @@ def factory_files(name):
 
 
 def presets_of(name):
-    return list(experiment(name)["estimators"])
+    """The presets an experiment estimates: those it names, a family's members in its place."""
+    return expand_preset_names(CONFIG, experiment(name)["estimators"])
+
+
+def families_of(name):
+    """The families an experiment names, in its order."""
+    return [p for p in experiment(name)["estimators"] if p in FAMILIES]
+
+
+def family_member_of(preset):
+    """The family a preset is a member of (None for a single preset)."""
+    return next((f for f, members in FAMILIES.items() if preset in members), None)
+
+
+def search_name(search):
+    """A path-safe name of an alignment search: alignment-<grid>-<points>-<label kernel>."""
+    return f"alignment-{search['grid']}-{search['points']}-{search['label_kernel']}"
+
+
+def search_of(preset):
+    """The alignment search of a resolved preset (None when it searches no widths)."""
+    width = preset.get("layer_width") or {}
+    if width.get("rule") != "alignment":
+        return None
+    return {"grid": width["grid"], "points": width["points"], "label_kernel": preset["label_kernel"]}
+
+
+def kept_widths(wildcards):
+    """For a family member with an alignment rule: the run's shared width search, done first, so
+    that the members reuse one search instead of each running it."""
+    if family_member_of(wildcards.preset) is None:
+        return []
+    search = search_of(resolve_preset(CONFIG, wildcards.preset))
+    if search is None:
+        return []
+    return f"results/{wildcards.experiment}/{wildcards.run}/widths/{search_name(search)}.json"
+
+
+def search_options(wildcards):
+    grid, points, label = wildcards.search.split("-")[1:]
+    return f"--grid {grid} --points {points} --label-kernel {label}"
+
+
+def family_inputs(wildcards):
+    """The stacked estimates of a family's members, in the family's order."""
+    return expand(
+        "results/{experiment}/mi/{preset}.zarr",
+        experiment=wildcards.experiment,
+        preset=FAMILIES[wildcards.family],
+    )
 
 
 def canonical(value):
@@ -195,4 +254,11 @@ def all_targets():
             ]
         if len(presets_of(name)) > 1:
             targets.append(f"results/{name}/plots/comparison_train.png")
+        if families_of(name):
+            targets.append(f"results/{name}/phases.csv")
+        for family in families_of(name):
+            targets += [
+                f"results/{name}/phases/{family}.csv",
+                f"results/{name}/plots/families/{family}/family_train.png",
+            ]
     return targets

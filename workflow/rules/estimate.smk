@@ -22,6 +22,7 @@ rule estimate:
         distances="results/{experiment}/{run}/distances.zarr",
         preset="results/estimators/{preset}.json",
         store=estimate_store,
+        widths=kept_widths,
     output:
         directory("results/{experiment}/{run}/mi/{preset}.zarr"),
     params:
@@ -49,3 +50,24 @@ rule stack:
         CONDA_ENV
     shell:
         "python -m infoplane stack {input} --out {output} > {log} 2>&1"
+
+
+# One alignment width search per run and search settings, kept in the distance cache ahead of the
+# members of a sensitivity family, which then reuse it (a family costs no search of its own).
+
+
+rule widths:
+    input:
+        distances="results/{experiment}/{run}/distances.zarr",
+    output:
+        "results/{experiment}/{run}/widths/{search}.json",
+    params:
+        options=search_options,
+    log:
+        "logs/{experiment}/{run}/widths-{search}.log",
+    threads: 2
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m infoplane widths {input.distances} {params.options} --out {output} "
+        "--workers {threads} > {log} 2>&1"

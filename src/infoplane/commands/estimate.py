@@ -1,4 +1,5 @@
-"""``infoplane estimate`` (one run, one preset) and ``infoplane stack`` (runs on a run axis)."""
+"""``infoplane estimate`` (one run, one preset), ``infoplane stack`` (runs on a run axis) and
+``infoplane widths`` (one alignment search kept in a distance cache)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stack.set_defaults(handler=run_stack)
 
+    widths = subparsers.add_parser(
+        "widths",
+        help="run one alignment width search and keep its widths in the distance cache",
+        description=(
+            "Search the alignment widths of every (split, step, layer) of a distance cache with "
+            "one grid and keep them in the cache (distances.zarr/widths/), so that every later "
+            "preset with this search (e.g. the members of a sensitivity family) reuses them. "
+            "Writes a small JSON summary to OUT."
+        ),
+    )
+    widths.add_argument("source", help="distance cache (distances.zarr)")
+    widths.add_argument("--grid", choices=("linear", "log"), default="linear")
+    widths.add_argument("--points", type=int, default=100, help="grid points (default 100)")
+    widths.add_argument("--label-kernel", default="indicator", choices=("indicator",))
+    widths.add_argument("--out", required=True, help="JSON summary to write")
+    add_cluster_arguments(widths)
+    widths.set_defaults(handler=run_widths)
+
 
 def run_estimate(args: argparse.Namespace) -> int:
     from infoplane.estimate.cluster import cluster_options, read_cluster_config
@@ -94,4 +113,29 @@ def run_stack(args: argparse.Namespace) -> int:
         stacked = stack_runs(args.results, args.runs)
         write_result(stacked, args.out)
     print(f"{args.out}: {stacked.sizes['run']} runs stacked")
+    return 0
+
+
+def run_widths(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from infoplane.errors import InputError
+    from infoplane.estimate.cluster import cluster_options
+    from infoplane.estimate.pipeline import keep_alignment_widths
+    from infoplane.io.files import canonical_json, replacing
+
+    if args.points < 2:
+        raise InputError(f"--points must be >= 2, got {args.points}")
+    summary = keep_alignment_widths(
+        args.source,
+        grid=args.grid,
+        points=args.points,
+        label_kernel=args.label_kernel,
+        **cluster_options(args, None),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(out) as tmp:
+        Path(tmp).write_text(canonical_json(summary) + "\n", encoding="utf-8")
+    print(f"{args.source}: alignment widths kept ({canonical_json(summary['search'])})")
     return 0

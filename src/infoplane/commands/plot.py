@@ -13,7 +13,9 @@ information_plane_test.png (one panel per layer plus an overview), mi_epoch.png,
 data_processing.png and data_processing.csv. With --metrics (runs' metrics.csv files), writes
 OUT_DIR/training.png (loss and accuracy against epoch). With --compare (the results of several
 presets on the same runs), writes OUT_DIR/comparison_train.png and comparison_test.png: per layer,
-every preset's trajectory, normalised by its own H(X) and H(Y) (--bits: unnormalised).
+every preset's trajectory, normalised by its own H(X) and H(Y) (--bits: unnormalised). With
+--family (the results of a sensitivity family's members), writes OUT_DIR/family_train.png and
+family_test.png: per layer, every member's trajectory and the band they span, in bits.
 """
 
 
@@ -38,8 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--bits", action="store_true", help="with --compare: plot bits, not MI / H(X), MI / H(Y)"
     )
+    parser.add_argument(
+        "--family",
+        nargs="+",
+        metavar="MI",
+        default=[],
+        help="results of a family's members (mi/<family>.<label>.zarr) drawn as a band",
+    )
     parser.add_argument("--out-dir", required=True, metavar="OUT_DIR", help="folder for figures")
-    parser.add_argument("--title", default=None, help="title of the training figure")
+    parser.add_argument(
+        "--title", default=None, help="title of the training figure; the family's name"
+    )
     parser.add_argument(
         "--tol",
         type=float,
@@ -56,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from infoplane.errors import InputError
     from infoplane.report import plots
 
-    if args.mi is None and not args.metrics and not args.compare:
+    if args.mi is None and not args.metrics and not args.compare and not args.family:
         raise InputError(
-            "nothing to plot: give MI (an mi/<preset>.zarr), --metrics CSV ... and/or --compare "
-            "MI ..."
+            "nothing to plot: give MI (an mi/<preset>.zarr), --metrics CSV ..., --compare MI ... "
+            "and/or --family MI ..."
         )
     if args.tol < 0:
         raise InputError(f"--tol must be >= 0 bits, got {args.tol}")
@@ -73,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.compare:
         written += plots.plot_comparison(args.compare, out_dir, normalise=not args.bits)
+    if args.family:
+        written += plots.plot_family(args.family, out_dir, family=args.title)
     for path in written:
         print(path)
     return 0

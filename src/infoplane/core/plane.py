@@ -120,6 +120,9 @@ def _tensor_gram(
         out["boundary_hit"][i] = hit
     else:
         out["sigma"][i] = rule_width(rule, d2, dim)
+    # a sensitivity factor on the chosen (smoothed) width; absent means 1
+    if "scale" in rule:
+        out["sigma"][i] *= rule["scale"]
     if not np.isfinite(out["sigma"][i]):
         return None
     return gaussian_gram(d2, out["sigma"][i])

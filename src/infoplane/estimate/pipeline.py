@@ -414,6 +414,52 @@ def _estimate(
     return dataset
 
 
+def keep_alignment_widths(
+    cache_path: str | Path,
+    *,
+    grid: str,
+    points: int,
+    label_kernel: str = "indicator",
+    splits: Sequence[str] | None = None,
+    client: Any = None,
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    cluster_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one alignment width search on a distance cache and keep its widths there.
+
+    The search every preset with this grid, number of points and label kernel runs (whatever
+    its α, input width, smoothing or width scale), done once ahead of them: the members of a
+    sensitivity family then reuse it instead of each searching. Widths already kept are left as
+    they are.
+
+    Returns
+    -------
+    dict
+        ``search`` (the mapping the widths are kept under) and, per split, its number of steps.
+    """
+    if not cache.is_distance_cache(cache_path):
+        raise StoreError(
+            f"{cache_path} is not a distance cache: kept widths live in one; run "
+            "`infoplane distances` first"
+        )
+    rule = {"grid": grid, "points": int(points)}
+    src, split_steps, _ = plan_source(cache_path, splits=splits)
+    where = [(s.split, k) for s in split_steps.values() for k in range(len(s.steps))]
+    cluster = {
+        "workers": workers,
+        "scheduler_address": scheduler_address,
+        "cluster_config": cluster_config,
+    }
+    with client_or(client, **cluster) as active:
+        preset = {"label_kernel": label_kernel}
+        _search_widths(active, src, split_steps, where, rule, preset, keep=True)
+    return {
+        "search": {"rule": "alignment", **rule, "label_kernel": label_kernel},
+        "steps": {name: len(s.steps) for name, s in split_steps.items()},
+    }
+
+
 def _at(values: Any, *keys: Any) -> Any:
     """``values[k0][k1]...`` as a plain value, or None when ``values`` is None."""
     for key in keys:

@@ -13,6 +13,12 @@ metrics (the runs' ``metrics.csv``, read with :func:`load_metrics`):
   curve from step 0 to its peak (fitting) and the drop from the peak to the final value
   (compression), summarised across runs against their spread; :func:`paired_difference`
   compares two such summaries run by run (train against test probe);
+- :func:`phase_metrics`, :func:`phase_table` and :func:`phase_verdicts` — per layer and split,
+  the fitting (rise of I(T;Y)) and compression (drop of I(X;T) after its maximum) amounts and
+  their onsets, with confidence intervals across seeds (a t-interval, widened by the resampling
+  bounds ``I_XT_lo``/``I_XT_hi``, ``I_TY_lo``/``I_TY_hi`` when the result holds them), and the
+  verdict over several presets (a family's members): compression significant under every one,
+  some or none;
 - :func:`best_step` and :func:`early_stopping` — the step of best smoothed test accuracy;
 - :func:`compression_onset` — the step of the peak of smoothed I(X;T) of the last hidden layers;
 - :func:`data_processing_share` — per pair of consecutive layers, the share of points at which
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,11 +65,16 @@ __all__ = [
     "epochs",
     "hidden_layers",
     "load_metrics",
+    "mean_interval",
     "metrics_array",
     "moving_average",
     "paired_difference",
+    "phase_metrics",
     "phase_summary",
+    "phase_table",
+    "phase_verdicts",
     "require_variables",
+    "results_by_name",
     "saturation",
     "select_splits",
     "smooth",
@@ -664,3 +675,273 @@ def saturation(mi: xr.Dataset, *, var: str = "H_T") -> xr.DataArray:
     if "run" in n.dims:
         n = n.max("run")
     return mi[var] / np.log2(n.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# phase metrics with confidence intervals and a verdict
+
+#: Confidence level of the phase intervals (and the level assumed for resampling bounds whose
+#: result records no ``interval_level``).
+PHASE_LEVEL = 0.9
+#: The fitting phase starts where the smoothed I(T;Y) has made this share of its rise.
+FITTING_ONSET_SHARE = 0.1
+# a rise up to this many bits is rounding (the moving average sums), not a rise
+_FLAT_BITS = 1e-9
+#: Columns of :func:`phase_table`, in order.
+PHASE_COLUMNS = (
+    "split",
+    "layer",
+    "runs",
+    "resampled",
+    "fitting",
+    "fitting_lo",
+    "fitting_hi",
+    "fitting_onset_epoch",
+    "compression",
+    "compression_lo",
+    "compression_hi",
+    "compression_onset_epoch",
+    "significant",
+)
+#: Verdicts of :func:`phase_verdicts`: compression significant under every member, some, none.
+VERDICTS = ("every", "some", "none")
+
+
+def _first_reaching(values: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Index of the first finite entry along the last axis at or above ``threshold`` (-1: none)."""
+    with np.errstate(invalid="ignore"):
+        reached = np.isfinite(values) & (values >= threshold[..., None])
+    return np.where(reached.any(axis=-1), np.argmax(reached, axis=-1), -1)
+
+
+def _bound_spread(mi: xr.Dataset, var: str, split: str, window: int) -> np.ndarray | None:
+    """Standard error per (run, layer, step) of smoothed ``var`` from its resampling bounds.
+
+    The bounds ``<var>_lo``/``<var>_hi`` are read as a central interval of the result's
+    ``interval_level`` (default :data:`PHASE_LEVEL`) of a normal estimate; None without them.
+    """
+    from scipy.stats import norm
+
+    lo, hi = f"{var}_lo", f"{var}_hi"
+    if lo not in mi or hi not in mi:
+        return None
+    level = float(mi.attrs.get("interval_level", PHASE_LEVEL))
+    z = float(norm.ppf(0.5 + level / 2))
+    width = smooth(mi[hi].sel(split=split) - mi[lo].sel(split=split), window)
+    return np.asarray(width.transpose("run", "layer", "step").values, dtype=float) / (2 * z)
+
+
+def phase_metrics(
+    mi: xr.Dataset,
+    *,
+    split: str = "train",
+    window: int = 3,
+    onset_share: float = FITTING_ONSET_SHARE,
+) -> xr.Dataset:
+    """Fitting and compression of every (run, layer) on one split, with their onsets.
+
+    - ``fitting``: the rise of smoothed I(T;Y) from the first step to its maximum (the ``rise``
+      of :func:`phase_summary` on ``I_TY``); ``fitting_onset_step``/``_epoch``: the first step at
+      which it has made ``onset_share`` of that rise (-1 / NaN for a curve that never rises);
+    - ``compression``: the drop of smoothed I(X;T) from its maximum to the last step (the
+      ``drop`` of :func:`phase_summary` on ``I_XT``); ``compression_onset_step``/``_epoch``:
+      where that maximum is;
+    - ``fitting_se``, ``compression_se``: the resampling standard error of each amount, from the
+      bounds ``I_TY_lo``/``I_TY_hi`` and ``I_XT_lo``/``I_XT_hi`` when the result holds them
+      (the two smoothed points of an amount taken as independent: √(se_a² + se_b²)), else NaN.
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables above on (``run``, ``layer``); attrs ``split``, ``window``,
+        ``resampled`` (whether both pairs of bounds were there; each amount uses its own pair).
+    """
+    import xarray as xr
+
+    mi = as_runs(mi)
+    require_variables(mi, ["I_XT", "I_TY"])
+    if not 0.0 < onset_share <= 1.0:
+        raise InputError(f"phase metrics: onset_share must lie in (0, 1], got {onset_share!r}")
+    fit = phase_summary(mi, var="I_TY", split=split, window=window)
+    comp = phase_summary(mi, var="I_XT", split=split, window=window)
+    steps = np.asarray(mi["step"].values)
+    epoch = epochs(mi)
+    curve = smooth(mi["I_TY"].sel(split=split), window).transpose("run", "layer", "step").values
+    start = fit["start"].values
+    onset = _first_reaching(curve, start + onset_share * fit["rise"].values)
+    with np.errstate(invalid="ignore"):  # a curve that never rises has no onset
+        found = (onset >= 0) & (fit["rise"].values > _FLAT_BITS)
+    dims = ("run", "layer")
+    out = {
+        "fitting": (dims, fit["rise"].values),
+        "fitting_onset_step": (dims, np.where(found, steps[onset], -1).astype(np.int64)),
+        "fitting_onset_epoch": (dims, np.where(found, epoch[onset], np.nan)),
+        "compression": (dims, comp["drop"].values),
+        "compression_onset_step": (dims, comp["peak_step"].values),
+        "compression_onset_epoch": (dims, comp["peak_epoch"].values),
+    }
+    resampled = True
+    for name, var, ends in (
+        ("fitting_se", "I_TY", ("first", "peak")),
+        ("compression_se", "I_XT", ("peak", "last")),
+    ):
+        spread = _bound_spread(mi, var, split, window)
+        if spread is None:
+            resampled = False
+            out[name] = (dims, np.full(start.shape, np.nan))
+            continue
+        index = _end_indices(mi, var, split, window)
+        parts = [np.take_along_axis(spread, index[end][..., None], -1)[..., 0] for end in ends]
+        out[name] = (dims, np.sqrt(parts[0] ** 2 + parts[1] ** 2))
+    return xr.Dataset(
+        out,
+        coords={"run": fit["run"].values, "layer": fit["layer"].values},
+        attrs={"split": split, "window": int(window), "resampled": resampled},
+    )
+
+
+def _end_indices(mi: xr.Dataset, var: str, split: str, window: int) -> dict[str, np.ndarray]:
+    """Step positions of the first, peak and last finite smoothed values, per (run, layer)."""
+    values = smooth(mi[var].sel(split=split), window).transpose("run", "layer", "step").values
+    valid = np.isfinite(values)
+    return {
+        "first": np.argmax(valid, axis=-1),
+        "peak": np.argmax(np.where(valid, values, -np.inf), axis=-1),
+        "last": values.shape[-1] - 1 - np.argmax(valid[..., ::-1], axis=-1),
+    }
+
+
+def mean_interval(
+    values: np.ndarray, se: np.ndarray | None = None, *, level: float = PHASE_LEVEL
+) -> tuple[float, float, float]:
+    """Mean of per-run amounts and its two-sided ``level`` confidence interval.
+
+    The variance of the mean is the between-run one, s²/n (a Student t interval with n - 1
+    degrees of freedom), plus, when the runs carry resampling standard errors ``se``, their
+    share Σ se_r² / n². With one run only the resampling part remains (a normal interval); with
+    one run and no ``se`` the interval is (NaN, NaN). NaN runs are left out.
+    """
+    from scipy.stats import norm, t
+
+    data = np.asarray(values, dtype=float)
+    errors = None if se is None else np.asarray(se, dtype=float)
+    keep = np.isfinite(data)
+    if errors is not None:
+        keep &= np.isfinite(errors)
+        if not keep.any() and np.isfinite(data).any():  # no bounds at all: seeds alone
+            errors, keep = None, np.isfinite(data)
+    data = data[keep]
+    n = data.size
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(data.mean())
+    variance = data.var(ddof=1) / n if n > 1 else 0.0
+    if errors is not None:
+        variance += float((errors[keep] ** 2).sum()) / n**2
+    if n == 1 and errors is None:
+        return mean, np.nan, np.nan
+    q = 0.5 + level / 2
+    factor = float(t.ppf(q, n - 1)) if n > 1 else float(norm.ppf(q))
+    half = factor * float(np.sqrt(variance))
+    return mean, mean - half, mean + half
+
+
+def phase_table(
+    mi: xr.Dataset,
+    *,
+    splits: Sequence[str] | None = None,
+    window: int = 3,
+    level: float = PHASE_LEVEL,
+    atol: float = 1e-6,
+) -> pd.DataFrame:
+    """Per split and layer: fitting and compression across runs, with ``level`` intervals.
+
+    Built on :func:`phase_metrics` and :func:`mean_interval`: ``fitting``/``compression`` are
+    the means over runs, ``*_lo``/``*_hi`` the interval (seeds, and the resampling bounds when
+    the result holds them; ``resampled`` says so for the compression), ``*_onset_epoch`` the
+    mean onsets. Compression is
+    ``significant`` where its interval lies above ``atol`` bits (a saturated estimator varies by
+    rounding only).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :data:`PHASE_COLUMNS`.
+    """
+    import pandas as pd
+
+    mi = as_runs(mi)
+    rows = []
+    for split in select_splits(mi, splits):
+        metrics = phase_metrics(mi, split=split, window=window)
+        for layer in metrics["layer"].values:
+            part = metrics.sel(layer=layer)
+            row: dict[str, Any] = {
+                "split": split,
+                "layer": str(layer),
+                "runs": int(np.isfinite(part["compression"].values).sum()),
+                "resampled": bool(np.isfinite(part["compression_se"].values).any()),
+            }
+            for amount in ("fitting", "compression"):
+                # runs without bounds (all NaN) fall back to the seeds alone
+                se = part[f"{amount}_se"].values
+                mean, lo, hi = mean_interval(part[amount].values, se, level=level)
+                row[amount], row[f"{amount}_lo"], row[f"{amount}_hi"] = mean, lo, hi
+                onset = part[f"{amount}_onset_epoch"].values
+                row[f"{amount}_onset_epoch"] = (
+                    float(np.nanmean(onset)) if np.isfinite(onset).any() else np.nan
+                )
+            row["significant"] = bool(
+                np.isfinite(row["compression_lo"]) and row["compression_lo"] > atol
+            )
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
+
+
+def results_by_name(sources: Sequence[Any]) -> dict[str, xr.Dataset]:
+    """Results (Datasets or paths of ``mi/<preset>.zarr``) by their ``estimator`` attribute, the
+    preset's name; two results of one name raise :class:`InputError`."""
+    from infoplane.io.results import open_result
+
+    results: dict[str, Any] = {}
+    for source in sources:
+        mi = source if hasattr(source, "data_vars") else open_result(source)
+        name = str(mi.attrs.get("estimator") or f"result {len(results) + 1}")
+        if name in results:
+            raise InputError(f"two results given are both named {name!r}")
+        results[name] = mi
+    return results
+
+
+def phase_verdicts(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per split and layer, whether compression is significant under every preset, some or none.
+
+    Parameters
+    ----------
+    tables
+        ``preset name -> phase_table`` (the members of a family, or an experiment's presets).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every row of the tables with a leading ``preset`` column, and per (split, layer)
+        ``significant_under`` (how many presets find it significant, of ``presets``) and
+        ``verdict`` (one of :data:`VERDICTS`). A layer some preset lacks counts as not
+        significant under it.
+    """
+    import pandas as pd
+
+    if not tables:
+        raise InputError("phase verdicts: give the phase table of at least one preset")
+    long = pd.concat(
+        [table.assign(preset=name) for name, table in tables.items()], ignore_index=True
+    )
+    long = long[["preset", *PHASE_COLUMNS]]
+    counts = long.groupby(["split", "layer"], sort=False)["significant"].sum().astype(int)
+    total = len(tables)
+    verdict = counts.map(lambda k: "every" if k == total else ("some" if k > 0 else "none"))
+    keys = pd.MultiIndex.from_frame(long[["split", "layer"]])
+    long["significant_under"] = counts.reindex(keys).to_numpy()
+    long["presets"] = total
+    long["verdict"] = verdict.reindex(keys).to_numpy()
+    return long

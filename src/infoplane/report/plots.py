@@ -1,10 +1,13 @@
 """Figures of information-plane results: the information plane, MI and kernel widths against
-epoch, data-processing checks and training curves.
+epoch, data-processing checks, the members of a sensitivity family and training curves.
 
 Every figure is drawn on its own :class:`matplotlib.figure.Figure` (no pyplot state, the Agg
 renderer) under a fixed style, and saved without a software or date stamp, so the same data give
 the same bytes. Runs (seeds) are summarised by their mean; the spread across runs is shown as thin
 per-run lines and ±1 standard-deviation error bars (information plane) or bands (curves).
+Points whose H(X), H(T) or H(X,T) is degenerate (saturated at log2 N or collapsed at 0, see
+:func:`infoplane.report.checks.degenerate_estimates`) are marked with × in the information-plane
+and MI-against-epoch figures, with a legend entry; without such points the figures are as before.
 
 Inputs follow the "Estimates" contract: an :class:`xarray.Dataset` with ``I_XT``, ``I_TY`` and
 ``sigma`` on (``split``, ``step``, ``layer``), ``H_X``, ``H_Y`` and ``sigma_x`` on (``split``,
@@ -37,6 +40,7 @@ from infoplane.report.analysis import (
     load_metrics,
     normalised_mi,
     require_variables,
+    results_by_name,
     select_splits,
     split_values,
 )
@@ -61,6 +65,8 @@ ESTIMATE_FIGURES = (
 DATA_PROCESSING_TABLE = "data_processing.csv"
 #: File names :func:`plot_comparison` writes (one per split).
 COMPARISON_FIGURES = {"train": "comparison_train.png", "test": "comparison_test.png"}
+#: File names :func:`plot_family` writes (one per split).
+FAMILY_FIGURES = {"train": "family_train.png", "test": "family_test.png"}
 #: File name :func:`plot_training` writes by default.
 TRAINING_FIGURE = "training.png"
 
@@ -274,7 +280,8 @@ def _layer_marker(k: int) -> tuple[str, bool]:
 def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, norm) -> list:
     """All layers' mean trajectories in one plane; markers tell the layers apart.
 
-    Returns the legend handles (one marker per layer, then H(Y)).
+    Returns the legend handles (one marker per layer, then H(Y) and, where some point is
+    degenerate, its × mark).
     """
     import numpy as np
     from matplotlib.lines import Line2D
@@ -282,7 +289,9 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
     layers = [str(v) for v in mi["layer"].values]
     ixt = split_values(mi, "I_XT", split)
     ity = split_values(mi, "I_TY", split)
+    degenerate = degenerate_mask(mi, split)
     handles = []
+    marked = False
     for k, layer in enumerate(layers):
         marker, filled = _layer_marker(k)
         _trajectory(
@@ -296,6 +305,7 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
             runs=False,
             error_bars=0,
         )
+        marked |= mark_degenerate_plane(ax, ixt[..., k], ity[..., k], degenerate[:, k])
         handles.append(
             Line2D(
                 [],
@@ -313,6 +323,8 @@ def _overview_panel(ax: Axes, mi: xr.Dataset, split: str, epoch: np.ndarray, nor
         if np.isfinite(h_y).any():
             ax.axhline(float(np.nanmean(h_y)), color="0.3", lw=0.8, ls="--", zorder=0)
             handles.append(Line2D([], [], color="0.3", lw=0.8, ls="--", label="H(Y)"))
+    if marked:
+        handles.append(_degenerate_handle())
     _min_span(ax)
     return handles
 
@@ -330,6 +342,83 @@ def _layer_legend(fig: Figure, ax: Axes, handles: list) -> None:
             title="layers (all-layer panels)",
             title_fontsize=7,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate points (infoplane.report.checks.degenerate_estimates) marked on the figures
+
+#: Legend text and gid of the marks of degenerate points.
+DEGENERATE_LABEL = "degenerate (H at log2 N or 0)"
+DEGENERATE_GID = "degenerate"
+_DEGENERATE_STYLE: dict[str, Any] = {"marker": "x", "s": 26, "color": "#c0392b", "zorder": 7}
+
+
+def degenerate_mask(mi: xr.Dataset, split: str) -> np.ndarray:
+    """(step, layer) bool: where some run's H(X), H(T) or H(X,T) is saturated or collapsed.
+
+    The points are those of :func:`infoplane.report.checks.degenerate_estimates` (a degenerate
+    H(X) marks every layer of its steps); all False when the result lacks the entropies.
+    """
+    import numpy as np
+
+    from infoplane.report.checks import degenerate_estimates
+
+    layers = [str(v) for v in mi["layer"].values]
+    steps = [s.item() if hasattr(s, "item") else s for s in mi["step"].values]
+    mask = np.zeros((len(steps), len(layers)), dtype=bool)
+    needed = ("H_X", "H_T", "H_XT", "H_Y", "H_TY", "I_XT", "I_TY")
+    if not all(name in mi for name in needed) or "n_samples" not in mi:
+        return mask
+    position = {step: i for i, step in enumerate(steps)}
+    for entry in degenerate_estimates(mi):
+        if entry.where.get("split") != split:
+            continue
+        columns = [layers.index(entry.where["layer"])] if "layer" in entry.where else slice(None)
+        for step in entry.steps:
+            mask[position[step], columns] = True
+    return mask
+
+
+def _degenerate_handle() -> Any:
+    from matplotlib.lines import Line2D
+
+    style = _DEGENERATE_STYLE
+    return Line2D(
+        [], [], ls="none", marker=style["marker"], color=style["color"], label=DEGENERATE_LABEL
+    )
+
+
+def mark_degenerate_plane(
+    ax: Axes, x: np.ndarray, y: np.ndarray, mask: np.ndarray, *, size: float | None = None
+) -> bool:
+    """Mark with × the mean (over runs) points of one layer's path where ``mask`` (step,) holds.
+
+    ``x`` and ``y`` are (run, step); returns whether anything was marked.
+    """
+    import numpy as np
+
+    xm, ym = across_runs(x)[0], across_runs(y)[0]
+    marked = mask & np.isfinite(xm) & np.isfinite(ym)
+    if not marked.any():
+        return False
+    style = {**_DEGENERATE_STYLE, **({"s": size} if size is not None else {})}
+    ax.scatter(xm[marked], ym[marked], linewidths=1.0, gid=DEGENERATE_GID, **style)
+    return True
+
+
+def mark_degenerate_curve(ax: Axes, epoch: np.ndarray, runs: np.ndarray, mask: np.ndarray) -> bool:
+    """Mark with × the mean (over runs) of a curve against epoch where ``mask`` (step,) holds.
+
+    ``runs`` is (run, step) in the order of ``epoch``; returns whether anything was marked.
+    """
+    import numpy as np
+
+    mean = across_runs(runs)[0]
+    marked = mask & np.isfinite(mean)
+    if not marked.any():
+        return False
+    ax.scatter(epoch[marked], mean[marked], linewidths=1.0, gid=DEGENERATE_GID, **_DEGENERATE_STYLE)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +449,10 @@ def information_plane_overview(mi: xr.Dataset, *, splits: Sequence[str] | None =
 
 
 def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
-    """One panel per layer (mean ± spread over runs) and an overview panel, for one split."""
+    """One panel per layer (mean ± spread over runs) and an overview panel, for one split.
+
+    Degenerate points (:func:`degenerate_mask`) are marked with × and a legend entry.
+    """
     require_variables(mi, ["I_XT", "I_TY"])
     mi = as_runs(mi)
     if split not in [str(s) for s in mi["split"].values]:
@@ -380,13 +472,19 @@ def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
         fig = _new_figure(3.0 * ncols + 0.9, 2.7 * nrows + 0.5)
         grid = fig.subplots(nrows, ncols, squeeze=False)
         axes = list(grid.ravel())
-        _layer_legend(fig, axes[0], _overview_panel(axes[0], mi, split, epoch, norm))
+        handles = _overview_panel(axes[0], mi, split, epoch, norm)
         axes[0].set_title("all layers (means)")
+        degenerate = degenerate_mask(mi, split)
+        marked = False
         for k, layer in enumerate(layers):
             ax = axes[k + 1]
             _trajectory(ax, ixt[..., k], ity[..., k], epoch, norm)
+            marked |= mark_degenerate_plane(ax, ixt[..., k], ity[..., k], degenerate[:, k])
             _min_span(ax)
             ax.set_title(f"layer {k + 1}: {layer}")
+        if marked and not any(h.get_label() == DEGENERATE_LABEL for h in handles):
+            handles.append(_degenerate_handle())
+        _layer_legend(fig, axes[0], handles)
         for ax in axes[panels:]:
             ax.remove()
         for index, ax in enumerate(axes[:panels]):
@@ -417,20 +515,28 @@ def _per_layer_setup(
 
 
 def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
-    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs)."""
+    """I(X;T) and I(T;Y) of every layer against epoch (mean and ±1 std band over runs).
+
+    Degenerate points (:func:`degenerate_mask`) are marked with × and a legend entry.
+    """
     from matplotlib.lines import Line2D
 
     mi, splits, layers, colors, epoch, order = _per_layer_setup(mi, splits, ["I_XT", "I_TY"])
     rows = (("I_XT", BITS_XT, "H_X"), ("I_TY", BITS_TY, "H_Y"))
+    marked = False
     with _style():
         fig = _new_figure(3.9 * len(splits) + 1.6, 5.6)
         axes = fig.subplots(2, len(splits), squeeze=False, sharex=True)
         for col, split in enumerate(splits):
+            degenerate = degenerate_mask(mi, split)[order]
             for row, (var, label, bound) in enumerate(rows):
                 ax = axes[row, col]
                 values = split_values(mi, var, split)
                 for k, color in enumerate(colors):
                     _band(ax, epoch[order], values[:, order, k], color)
+                    marked |= mark_degenerate_curve(
+                        ax, epoch[order], values[:, order, k], degenerate[:, k]
+                    )
                 if bound in mi:
                     mean = across_runs(split_values(mi, bound, split))[0][order]
                     ax.plot(epoch[order], mean, color="0.2", lw=0.9, ls="--", zorder=5)
@@ -444,6 +550,8 @@ def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> F
             for c, name in zip(colors, layers, strict=True)
         ]
         handles.append(Line2D([], [], color="0.2", lw=0.9, ls="--", label="H(X), H(Y)"))
+        if marked:
+            handles.append(_degenerate_handle())
         fig.legend(handles=handles, loc="outside right upper", title="layer")
         fig.suptitle(_title(mi, "Mutual information against epoch"))
     return fig
@@ -657,6 +765,111 @@ def comparison_figure(
     return fig
 
 
+def _member_means(
+    results: Mapping[str, xr.Dataset], split: str, layers: Sequence[str], var: str
+) -> np.ndarray:
+    """(member, step, layer) mean over runs of ``var`` on one split, in bits."""
+    import numpy as np
+
+    return np.stack(
+        [
+            across_runs(normalised_mi(mi, var, split, layers, normalise=False))[0]
+            for mi in results.values()
+        ]
+    )
+
+
+def family_figure(
+    results: Mapping[str, xr.Dataset], split: str = "train", *, family: str | None = None
+) -> Figure:
+    """The members of a sensitivity family, per layer: where their trajectories agree.
+
+    Top row: the information plane of every layer; each member's mean path over runs (one
+    colour per member) and, grey, the band the members span: at every captured step the
+    rectangle from the smallest to the largest member mean of I(X;T) and of I(T;Y). Bottom row:
+    I(X;T) against epoch, each member's mean and the grey band from the smallest to the largest.
+    A conclusion that holds across the band survives the knob the family varies. Bits (the
+    members share an estimator).
+
+    Parameters
+    ----------
+    results
+        ``member name -> result`` of the same runs and steps (stacked or one run each).
+    split
+        The probe to show.
+    family
+        The family's name, for the title.
+    """
+    import numpy as np
+    from matplotlib.collections import PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    if not results:
+        raise InputError("a family figure needs the results of at least one member")
+    results = {name: as_runs(mi) for name, mi in results.items()}
+    first = next(iter(results.values()))
+    for name, mi in results.items():
+        require_variables(mi, ["I_XT", "I_TY"])
+        if split not in [str(s) for s in mi["split"].values]:
+            raise InputError(f"split {split!r} is not in the estimates of {name!r}")
+        if not np.array_equal(mi["step"].values, first["step"].values):
+            raise InputError(
+                f"family members {next(iter(results))!r} and {name!r} have different steps; "
+                "estimate every member from the same runs"
+            )
+    layers = [str(v) for v in first["layer"].values]
+    epoch = epochs(first)
+    order = np.argsort(epoch, kind="stable")
+    x = _member_means(results, split, layers, "I_XT")[:, order]
+    y = _member_means(results, split, layers, "I_TY")[:, order]
+    colors = _preset_colors(len(results))
+    with _style():
+        fig = _new_figure(2.7 * len(layers) + 1.8, 5.6)
+        axes = fig.subplots(2, len(layers), squeeze=False)
+        for k, layer in enumerate(layers):
+            ax, ax_t = axes[0, k], axes[1, k]
+            with np.errstate(all="ignore"):
+                x_lo, x_hi = np.nanmin(x[..., k], axis=0), np.nanmax(x[..., k], axis=0)
+                y_lo, y_hi = np.nanmin(y[..., k], axis=0), np.nanmax(y[..., k], axis=0)
+            ok = np.isfinite(x_lo) & np.isfinite(y_lo)
+            boxes = [
+                Rectangle((a, b), c - a, d - b)
+                for a, b, c, d in zip(x_lo[ok], y_lo[ok], x_hi[ok], y_hi[ok], strict=True)
+            ]
+            ax.add_collection(
+                PatchCollection(boxes, facecolor="0.6", edgecolor="none", alpha=0.18, zorder=1)
+            )
+            ax_t.fill_between(
+                epoch[order][ok], x_lo[ok], x_hi[ok], color="0.6", alpha=0.3, lw=0, zorder=1
+            )
+            for m, color in enumerate(colors):
+                good = np.isfinite(x[m, :, k]) & np.isfinite(y[m, :, k])
+                ax.plot(x[m, good, k], y[m, good, k], color=color, lw=1.0, zorder=3)
+                ax_t.plot(epoch[order][good], x[m, good, k], color=color, lw=1.0, zorder=3)
+            ax.autoscale_view()
+            _min_span(ax)
+            ax.set_title(f"layer {k + 1}: {layer}")
+            ax.set_xlabel(BITS_XT)
+            ax_t.set_xlabel("epoch")
+            ax_t.set_xscale("symlog", linthresh=0.1, linscale=0.5)
+        axes[0, 0].set_ylabel(BITS_TY)
+        axes[1, 0].set_ylabel(BITS_XT)
+        handles = [
+            Line2D([], [], color=c, lw=1.5, label=name)
+            for c, name in zip(colors, results, strict=True)
+        ]
+        handles.append(Patch(facecolor="0.6", alpha=0.3, label="range over members"))
+        fig.legend(handles=handles, loc="outside right upper", title="member")
+        experiment = first.attrs.get("experiment")
+        runs = first.sizes.get("run", 1)
+        what = f"family {family}" if family else "Family"
+        head = f"{what[0].upper()}{what[1:]}, {split} probe"
+        where = f" — {experiment}" if experiment else ""
+        fig.suptitle(f"{head}{where} ({runs} run{'s' if runs != 1 else ''})")
+    return fig
+
+
 def training_figure(metrics: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Loss and accuracy against epoch, train and test, mean and ±1 std band over runs."""
     import numpy as np
@@ -761,19 +974,36 @@ def plot_comparison(
     Each result is named by its ``estimator`` attribute (the preset name); the files are those of
     :data:`COMPARISON_FIGURES`.
     """
-    results: dict[str, Any] = {}
-    for source in sources:
-        mi = source if hasattr(source, "data_vars") else open_result(source)
-        name = str(mi.attrs.get("estimator") or f"result {len(results) + 1}")
-        if name in results:
-            raise InputError(f"two results to compare are both named {name!r}")
-        results[name] = mi
+    results = results_by_name(sources)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for split in splits:
         fig = comparison_figure(results, split, normalise=normalise)
         name = COMPARISON_FIGURES.get(split, f"comparison_{split}.png")
+        written.append(save_figure(fig, out_dir / name))
+    return written
+
+
+def plot_family(
+    sources: Sequence[xr.Dataset | str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    family: str | None = None,
+    splits: Sequence[str] = ("train", "test"),
+) -> list[Path]:
+    """Write :func:`family_figure` of a family's members, one file per split.
+
+    Each result is named by its ``estimator`` attribute (the member's name); the files are those
+    of :data:`FAMILY_FIGURES`.
+    """
+    results = results_by_name(sources)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in splits:
+        fig = family_figure(results, split, family=family)
+        name = FAMILY_FIGURES.get(split, f"family_{split}.png")
         written.append(save_figure(fig, out_dir / name))
     return written
 

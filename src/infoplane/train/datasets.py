@@ -13,7 +13,8 @@ mnist      MNIST from the original gzip'ed IDX files, downloaded into ``root/mni
 cifar10    CIFAR-10 from the *binary* archive ``cifar-10-binary.tar.gz``, downloaded into
            ``root/cifar10`` (or read from ``path=``) and verified by SHA-256; read straight
            from the tar, never unpickled
-npz        a user's ``.npz`` file with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``)
+npz        a user's ``.npz`` file with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``);
+           kept as stored, or ``normalize: unit | standard`` (raw 0–255 pixels need ``unit``)
 synthetic  class prototypes plus Gaussian noise, any shape, deterministic by seed
 ========== ======================================================================================
 
@@ -439,6 +440,7 @@ def load_npz(
     root: str | os.PathLike = "data",
     path: str | os.PathLike | None = None,
     classes: int | None = None,
+    normalize: Normalization = "none",
     test_size: Size = None,
     test_fraction: float | None = None,
     train_size: Size = None,
@@ -451,9 +453,18 @@ def load_npz(
     file is split, stratified by class (default 20 % test). ``classes`` defaults to the largest
     label + 1. The file is read with ``allow_pickle=False``; ``path`` is relative to the working
     directory, not to ``root``.
+
+    ``normalize`` is MNIST's option (see :func:`normalize_images`), with the training split's own
+    range in place of 0–255: ``"none"`` (default) keeps the stored values; ``"unit"`` maps the
+    training split's smallest and largest input to 0 and 1 (for pixels spanning 0–255 that is
+    MNIST's /255; the test split is scaled alike and may leave [0, 1] slightly); ``"standard"``
+    subtracts the training mean and divides by its standard deviation, per channel (images) or
+    per feature (vectors). Raw 0–255 pixels with the paper's σ_X = 8 make every input its own
+    cluster (H(X) = log2 N at every step); ``"unit"`` is the remedy.
     """
     if path is None:
         raise ConfigError("dataset 'npz' needs path=<file.npz> holding arrays 'x' and 'y'")
+    _check_normalize(normalize, "npz")
     arrays = _read_npz(Path(path))
     where = f"npz file {path}"
     missing = [k for k in ("x", "y") if k not in arrays]
@@ -481,6 +492,7 @@ def load_npz(
         )
         x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
         split = _split_record(test, train_size, split_seed)
+    x, x_test = normalize_images(x, x_test, normalize, unit_range=_value_range(x))
     largest = int(max(y.max(initial=0), y_test.max(initial=0)))
     if classes is None:
         classes = largest + 1
@@ -498,7 +510,12 @@ def load_npz(
         x_test=x_test,
         y_test=y_test,
         classes=classes,
-        description={"source": str(path), "sha256": _sha256_file(Path(path)), "split": split},
+        description={
+            "source": str(path),
+            "sha256": _sha256_file(Path(path)),
+            "split": split,
+            **({"normalize": normalize} if normalize != "none" else {}),
+        },
     )
 
 
@@ -988,22 +1005,38 @@ def _check_normalize(normalize: str, dataset: str) -> None:
 
 
 def normalize_images(
-    x_train: np.ndarray, x_test: np.ndarray, mode: Normalization
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    mode: Normalization,
+    *,
+    unit_range: tuple[float, float] = (0.0, 255.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scale uint8 images ``(N, C, H, W)`` to float32.
+    """Scale images ``(N, C, H, W)`` (uint8 pixels by default) or vectors ``(N, D)`` to float32.
 
-    ``"none"``: 0–255 as floats; ``"unit"``: divided by 255; ``"standard"``: per-channel
-    ``(x - mean) / std`` with mean and std of the training split (applied to both splits).
+    ``"none"``: the values as floats; ``"unit"``: ``unit_range`` mapped to [0, 1] (by default
+    divided by 255); ``"standard"``: per-channel (per-feature for vectors) ``(x - mean) / std``
+    with mean and std of the training split (applied to both splits).
     """
     _check_normalize(mode, "images")
     # float32 throughout: CIFAR-10's training split alone is 600 MB as float32.
     if mode == "none":
         return x_train.astype(np.float32), x_test.astype(np.float32)
     if mode == "unit":
-        return x_train / np.float32(255), x_test / np.float32(255)
-    axes = (0, 2, 3)
+        low, high = (float(v) for v in unit_range)
+        if (low, high) == (0.0, 255.0):
+            return x_train / np.float32(255), x_test / np.float32(255)
+        scale = np.float32(1.0 / (high - low)) if high > low else np.float32(1.0)
+        return (x_train - np.float32(low)) * scale, (x_test - np.float32(low)) * scale
+    axes = tuple(i for i in range(x_train.ndim) if i != 1)
     mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=True)
     std = x_train.std(axis=axes, dtype=np.float64, keepdims=True)
     std = np.where(std > 0, std, 1.0)  # a constant channel stays at zero instead of NaN
     mean, scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
     return (x_train - mean) * scale, (x_test - mean) * scale
+
+
+def _value_range(x: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest entry of ``x`` ((0, 1) for an empty array)."""
+    if x.size == 0:
+        return 0.0, 1.0
+    return float(x.min()), float(x.max())
