@@ -2,13 +2,18 @@
 
 Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xarray)::
 
-    attrs: kind, cache_schema_version (2), cache_id, store (source store path), store_attrs_sha256
+    attrs: kind, cache_schema_version (3), cache_id, store (source store path), store_attrs_sha256
            (digest of the store's root attributes, checked when a cache is resumed and when an
            estimate reads the store beside the cache), infoplane_version, layers, run,
-           experiment, splits
+           experiment, splits, storage ({layer or "x": full | float32 | recompute})
     <split>/
-      d2(step, layer, i, j)  float64   chunk (1, layers up to ~64 MiB, N, N), uncompressed
-      d2_x(step, i, j)       float64   squared distances of the network inputs
+      d2(step, layer, i, j)  float64   chunk (1, layers up to ~64 MiB, N, N), uncompressed; only
+                                       the full layers' chunks are written (with another form
+                                       in the cache, one layer per chunk)
+      d2_f32(step, layer, pair) float32  optional (a float32 layer): the N(N−1)/2 entries above
+                                       the diagonal, row after row; chunk (1, 1, pairs)
+      d2_x(step, i, j)       float64   squared distances of the network inputs (x full)
+      d2_x_f32(step, pair)   float32   optional, when x is kept float32
       y(step, sample)        int64     labels of the probe samples
       nonfinite(step, layer) bool      the layer's activations held NaN/Inf (d2 is NaN)
       nonfinite_x(step)      bool
@@ -22,9 +27,12 @@ Every per-step array ends its codec chain with a CRC-32C checksum (``Crc32cCodec
 activation store's chunks do), so a truncated or bit-flipped chunk is a decode error, and every
 read of a step first checks that its chunk files exist (zarr alone would return the fill value,
 zero distances, for a missing one). Either fault is a StoreError naming the cache, run, split,
-step and layer. Format history: ``cache_schema_version`` 1 (no checksums, no ``index``) is still
-read, with the same chunk-file checks; its decode errors cannot tell a bit flip, so recompute it
-(``infoplane distances STORE --out CACHE --overwrite``) to get the checksums.
+step and layer. A ``recompute`` layer (or x) has no chunk at all: an estimate computes its
+distances from the activation store again (:mod:`infoplane.estimate.distances`). Format
+history: ``cache_schema_version`` 2 is 3 with every matrix full (no ``storage``), read as such;
+1 (no checksums, no ``index``) is still read, with the same chunk-file checks; its decode
+errors cannot tell a bit flip, so recompute it (``infoplane distances STORE --out CACHE
+--overwrite``) to get the checksums.
     widths/<split>-<key>/    optional: the result of an alignment width search run on these
       sigma_star(step, layer) float64, boundary_hit(step, layer) bool, step(step) int64;
       attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures,
