@@ -105,14 +105,15 @@ STORAGE_MODES = ("auto", *cache.STORAGE_FORMS)
 #: ``auto`` keeps every matrix of up to this many samples full (float64, as before): 32 MiB.
 AUTO_FULL_MAX_N = 2048
 # The cost model of ``auto`` above AUTO_FULL_MAX_N, per entry of an N×N matrix, measured on
-# the 2-core development machine (benchmarks/bench_large_inputs.py prints them again):
-# computing distances from activations costs _FORM_NS (the N² passes of the Gram identity) plus
-# 2·D flops at _GEMM_FLOPS; a float32 matrix costs 2 bytes read (half of the pairs, 4 bytes each)
-# at _READ_BYTES_PER_S plus _UNPACK_NS to rebuild the matrix, and 2 bytes kept on disk, counted
-# as _KEPT_BYTE_S seconds each (writing it once, and the space); an estimate reads a matrix
-# _READS times (width search, entropies).
-_FORM_NS = 25.0
-_GEMM_FLOPS = 20e9
+# the 2-core development machine with one BLAS thread (benchmarks/bench_large_inputs.py prints
+# them again): computing distances from activations costs _FORM_NS (the N² passes of the Gram
+# identity) plus 2·D flops at _GEMM_FLOPS (SYRK computes half of the products, hence the high
+# rate); a float32 matrix costs 2 bytes read (half of the pairs, 4 bytes each) at
+# _READ_BYTES_PER_S plus _UNPACK_NS to rebuild the matrix, and 2 bytes kept on disk, counted as
+# _KEPT_BYTE_S seconds each (writing it once, and the space); an estimate reads a matrix _READS
+# times (width search, entropies). With these, layers up to about 200 features are recomputed.
+_FORM_NS = 15.0
+_GEMM_FLOPS = 100e9
 _READ_BYTES_PER_S = 1e9
 _UNPACK_NS = 12.0
 _KEPT_BYTE_S = 5e-9
