@@ -301,26 +301,32 @@ def load_point(
     layers: Sequence[str],
     *,
     with_layers: bool = True,
+    with_inputs: bool = True,
 ) -> dict[str, Any]:
     """One point's arrays with ``d2`` a :class:`PointDistances` (read one layer at a time).
 
     ``source_kind`` is ``"cache"`` (``path`` a distance cache; ``store`` and the store ``row``
     are needed only for recomputed matrices) or ``"store"`` (``path`` the activation store,
     ``row`` = ``index``). The flags come from the cache, or from a finiteness check of the
-    activations; ``d2_x`` is always an (N, N) float64 matrix.
+    activations; ``d2_x`` is always an (N, N) float64 matrix, left out (with the cache's
+    ``d2_x`` not read) when ``with_inputs`` is False: the width search does not need it.
     """
     if source_kind == "store":
         reader = StoreReader(path)
         nonfinite = np.array([not _finite(reader.read(split, n, index)) for n in layers], bool)
-        d2_x, bad_x = squared_distances_or_nan(reader.read(split, "x", index))
+        x = reader.read(split, "x", index)
         data: dict[str, Any] = {
-            "d2_x": d2_x, "y": _labels(reader, split, index),
-            "nonfinite": nonfinite, "nonfinite_x": np.asarray(bad_x),
+            "y": _labels(reader, split, index), "nonfinite": nonfinite,
+            "nonfinite_x": np.asarray(not _finite(x)),
         }  # fmt: skip
+        if with_inputs:
+            data["d2_x"] = squared_distances_or_nan(x)[0]
         if with_layers:
             data["d2"] = PointDistances(layers, store=path, split=split, index=index, row=index)
         return data
-    data = cache.read_step(path, split, index, layers=False)
+    data = cache.read_step(path, split, index, layers=False, inputs=with_inputs)
+    if not with_inputs:
+        return _with_layers(data, with_layers, layers, path, store, split, index, row)
     if "d2_x_f32" in data:
         packed = data.pop("d2_x_f32")
         data["d2_x"] = unpack_upper(packed, data["y"].size)
@@ -331,6 +337,20 @@ def load_point(
                 "store, which is not known here; pass --store STORE"
             )
         data["d2_x"] = squared_distances_or_nan(StoreReader(store).read(split, "x", row))[0]
+    return _with_layers(data, with_layers, layers, path, store, split, index, row)
+
+
+def _with_layers(
+    data: dict[str, Any],
+    with_layers: bool,
+    layers: Sequence[str],
+    path: str,
+    store: str | None,
+    split: str,
+    index: int,
+    row: int | None,
+) -> dict[str, Any]:
+    """``data`` with the lazy layer distances of a cached point under ``d2`` (when asked)."""
     if with_layers:
         data["d2"] = PointDistances(
             layers, cache_path=path, store=store, split=split, index=index, row=row

@@ -167,25 +167,27 @@ def plan_source(
 # tasks (run on the workers; arguments and results are small)
 
 
-def load_step(source: Source, split: str, index: int, *, layers: bool = True) -> dict[str, Any]:
+def load_step(
+    source: Source, split: str, index: int, *, layers: bool = True, inputs: bool = True
+) -> dict[str, Any]:
     """One step's distances: ``d2``, ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
 
     ``d2`` is a :class:`~infoplane.estimate.distances.PointDistances`: ``d2[i]`` reads (or
     recomputes from the store) layer ``i``'s (N, N) matrix when asked, so one layer's matrix is
     held at a time. ``layers=False`` leaves it out: presets that build their layer Grams from
-    the activations do not need it.
+    the activations do not need it; ``inputs=False`` leaves out ``d2_x`` (the width search).
     """
     rows = source.store_rows.get(split) if source.store_rows else None
     return load_point(
         source.kind, source.path, source.store, split, index,
         index if source.kind == "store" else (rows[index] if rows else None),
-        source.layers, with_layers=layers,
+        source.layers, with_layers=layers, with_inputs=inputs,
     )  # fmt: skip
 
 
 def search_widths_task(source: Source, split: str, index: int, rule: Mapping) -> dict[str, Any]:
     """Task: the alignment argmax σ* of every layer at one (split, step)."""
-    data = load_step(source, split, index)
+    data = load_step(source, split, index, inputs=False)
     return search_step(
         data["d2"], data["y"], data["nonfinite"], source.layers,
         grid=rule["grid"], points=rule["points"],

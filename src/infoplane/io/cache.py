@@ -655,7 +655,7 @@ def _name_bad_chunk(path: str, handles: _SplitHandles, split: str, index: int, n
 
 
 def read_step(
-    path: str | Path, split: str, index: int, *, layers: bool = True
+    path: str | Path, split: str, index: int, *, layers: bool = True, inputs: bool = True
 ) -> dict[str, np.ndarray]:
     """One cached step: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
 
@@ -664,7 +664,7 @@ def read_step(
     layer Grams from the activations do not need them, and a large point reads its layers one
     at a time with :func:`read_layer`. The inputs' distances come as stored: ``d2_x`` (N, N)
     when kept full, ``d2_x_f32`` (the packed upper triangle) when kept in float32, neither when
-    they are recomputed (see :func:`storage_of`).
+    they are recomputed (see :func:`storage_of`), neither when ``inputs`` is False.
 
     Raises
     ------
@@ -677,7 +677,7 @@ def read_step(
     handles = _step_arrays(path, split)
     x_form = handles.storage.get("x", "full")
     names: tuple[str, ...] = STEP_VARIABLES[2:]
-    if x_form != "recompute":
+    if x_form != "recompute" and inputs:
         names = (_FORM_ARRAYS[x_form][1], *names)
     if layers:
         other = [n for n in handles.layers if handles.storage.get(n, "full") != "full"]
