@@ -9,6 +9,15 @@ only the N(N−1)/2 pairs above the diagonal are used (the diagonal of an RBF Gr
 sums over pairs are evaluated by a Taylor series about the middle of the range of distances for
 the widths where it converges fast (O(N²) once, then O(1) per width), by exponentials in small
 cache-resident tiles of (widths × pairs) for the rest.
+
+Above ``EXACT_SEARCH_MAX_N`` samples (1000) the whole grid is no longer scored on every pair: the
+alignment of every width is first estimated on a seeded sample of ``SEARCH_SAMPLE_PAIRS`` pairs,
+with its standard error (delta method on the two sums); the widths whose estimate lies within
+``SEARCH_Z`` standard errors of the sampled maximum (at most ``SEARCH_WINDOW_MAX``, always the
+argmax's neighbours) are then scored exactly on every pair, row block by row block, and the
+exact argmax among them is returned. It is the grid argmax unless the true argmax's sampled
+score fell more than ``SEARCH_Z`` standard errors short (then a width of nearly the same
+alignment is returned); the cost is O(G·M + W·N²) instead of O(G·N²), with no N×N temporary.
 """
 
 from __future__ import annotations
@@ -517,6 +526,9 @@ def alignment_width(
         Grid kind for :func:`width_grid`, or explicit candidate widths (G,) or (..., G).
     points : int
         Grid size for a named grid kind.
+
+    Above ``EXACT_SEARCH_MAX_N`` samples the argmax is located on sampled pairs and decided by
+    exact scores of the widths near it (see the module docstring).
 
     Returns
     -------
