@@ -204,7 +204,8 @@ def distances_task(
             matrix, bad = squared_distances_or_nan(values)
             nonfinite.append(bad)
             block.append(_kept(matrix, storage[name]))
-        cache.write_layers(out, split, index, first, block)
+        names = layers[first : first + per_chunk]
+        cache.write_layers(out, split, index, first, block, [storage[n] for n in names])
         del block
     x = reader.read(split, "x", row)
     if storage["x"] == "recompute":
@@ -218,7 +219,7 @@ def distances_task(
         "nonfinite": np.asarray(nonfinite, dtype=bool),
         "nonfinite_x": np.asarray(bad_x),
     }
-    cache.write_step(out, split, index, values)
+    cache.write_step(out, split, index, values, storage)
     bad = [name for name, flag in zip(layers, values["nonfinite"], strict=True) if flag]
     return (["x"] if values["nonfinite_x"] else []) + bad
 

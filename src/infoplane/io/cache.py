@@ -265,19 +265,27 @@ def layers_per_chunk(cache: str | Path, split: str) -> int:
 
 
 def write_layers(
-    cache: str | Path, split: str, index: int, first: int, values: Sequence[Any]
+    cache: str | Path,
+    split: str,
+    index: int,
+    first: int,
+    values: Sequence[Any],
+    forms: Sequence[str] | None = None,
 ) -> None:
     """Write the distances of layers ``first, first + 1, ...`` of step ``index``, as stored.
 
-    ``values`` holds one entry per layer in the layer's storage form: (N, N) float64 (full), the
-    packed (N(N−1)/2,) upper triangle (float32) or None (recompute, nothing is written). Full
-    layers sharing a chunk must come in one call (at small N every layer of a step is one chunk).
+    ``values`` holds one entry per layer in the layer's storage form (``forms``, read from the
+    cache when None): (N, N) float64 (full), the packed (N(N−1)/2,) upper triangle (float32) or
+    None (recompute, nothing is written). Full layers sharing a chunk must come in one call (at
+    small N every layer of a step is one chunk).
     """
     group = _open_group(cache, mode="r+")[split]
-    storage = storage_of(cache)
-    layers = list(open_cache_root(cache).attrs["layers"])
+    if forms is None:
+        storage = storage_of(cache)
+        layers = list(open_cache_root(cache).attrs["layers"])
+        forms = [storage[name] for name in layers[first : first + len(values)]]
     try:
-        full = [k for k in range(len(values)) if storage[layers[first + k]] == "full"]
+        full = [k for k in range(len(values)) if forms[k] == "full"]
         if full:
             array = group["d2"].with_config({"write_empty_chunks": True})
             if full == list(range(len(values))):  # one block: one write of the shared chunk
@@ -286,7 +294,7 @@ def write_layers(
                 for k in full:
                     array[index, first + k] = values[k]
         for k, value in enumerate(values):
-            if storage[layers[first + k]] == "float32":
+            if forms[k] == "float32":
                 array = group["d2_f32"].with_config({"write_empty_chunks": True})
                 array[index, first + k] = value
     except OSError as exc:
@@ -297,17 +305,25 @@ def write_layers(
         ) from None
 
 
-def write_step(cache: str | Path, split: str, index: int, values: Mapping[str, Any]) -> None:
+def write_step(
+    cache: str | Path,
+    split: str,
+    index: int,
+    values: Mapping[str, Any],
+    storage: Mapping[str, str] | None = None,
+) -> None:
     """Write step ``index`` of ``split``: every array of :data:`STEP_VARIABLES`, then ``done``.
 
     ``d2`` (the layers, see :func:`write_layers`) may be left out when the layers were written
     by :func:`write_layers` already; ``d2_x`` is in the storage form of ``"x"`` (None when it is
-    recomputed).
+    recomputed). ``storage`` is the cache's (:func:`storage_of`), read when None.
     """
+    storage = storage if storage is not None else storage_of(cache)
     if "d2" in values:
-        write_layers(cache, split, index, 0, list(values["d2"]))
+        layers = list(open_cache_root(cache).attrs["layers"])
+        write_layers(cache, split, index, 0, list(values["d2"]), [storage[n] for n in layers])
     group = _open_group(cache, mode="r+")[split]
-    x_form = storage_of(cache)["x"]
+    x_form = storage["x"]
     # every chunk is written, even one that equals the fill value (all-NaN distances of a
     # diverged layer, labels all 0): a reader can then tell a missing chunk from such data
     # (per array: zarr's global config is shared by the threads of a worker)
