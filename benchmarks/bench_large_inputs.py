@@ -20,6 +20,7 @@ Figures are printed, nothing is asserted.
     python benchmarks/bench_large_inputs.py                 # N = 1000, 2000, 5000
     python benchmarks/bench_large_inputs.py --n 10000       # one size
     python benchmarks/bench_large_inputs.py --quick         # N = 1000 only, search only
+    python benchmarks/bench_large_inputs.py --only search   # the width search alone
 
 Run with ``OMP_NUM_THREADS=1`` for the figures of one single-threaded worker.
 """
@@ -172,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 2000, 5000])
     parser.add_argument("--quick", action="store_true", help="N = 1000, the search only")
-    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--only", choices=("search", "cache"), help="one part of the benchmark")
     args = parser.parse_args()
     sizes = [1000] if args.quick else args.n
     rng = np.random.default_rng(0)
@@ -184,9 +185,9 @@ def main() -> None:
             warm = make_store(work / "warm.zarr", n=20, steps=(0,))
             compute_distances(warm, work / "warm-d.zarr", client=client)  # imports, first task
             for n in sizes:
-                if not args.skip_search:
+                if args.only != "cache":
                     bench_search(n, rng)
-                if not args.quick:
+                if not args.quick and args.only != "search":
                     bench_model(n, rng, work)
                     bench_cache(n, work, client)
     finally:

@@ -63,6 +63,8 @@ SEARCH_SEED = 0
 SEARCH_Z = 4.0
 #: At most this many widths are scored exactly over all pairs.
 SEARCH_WINDOW_MAX = 12
+# Up to this many widths, the exact window is scored by exponentials rather than the series.
+_DIRECT_WINDOW_MAX = 8
 # Width returned when every distance is zero: any width then gives the same (all-ones) Gram.
 _DEGENERATE_WIDTH = 1.0
 
@@ -459,12 +461,14 @@ def _exact_window_scores(d2: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.
     """Exact alignment scores of a few widths, over every pair, row block by row block."""
     n = d2.shape[-1]
     rates = 1.0 / grid**2
+    # a few exponentials per pair cost less than the ~30 moment passes of the series
+    sums = _direct_sums if rates.size <= _DIRECT_WINDOW_MAX else _exp_sums
     inner, sq = np.zeros(rates.size), np.zeros(rates.size)
     for a, b in _row_blocks(n):
         dp, w = _upper_rows(d2, a, b), 2.0 * _upper_rows(y, a, b)
         nz = np.flatnonzero(w)
-        inner += _exp_sums(dp[nz], w[nz], rates)
-        sq += _exp_sums(dp, None, 2.0 * rates)
+        inner += sums(dp[nz], w[nz], rates)
+        sq += sums(dp, None, 2.0 * rates)
     y_norm = math.sqrt(float(np.einsum("ij,ij->", y, y)))
     if y_norm == 0:
         raise InputError("gram_y is all zeros; the alignment with it is undefined")
