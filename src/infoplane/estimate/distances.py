@@ -39,41 +39,6 @@ from infoplane.io.store import StoreReader, read_store_plan
 log = logging.getLogger(__name__)
 
 
-def step_distances(
-    store: str | Path, split: str, row: int, layers: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Read one step of one split from the store and compute its squared distances.
-
-    Returns
-    -------
-    dict
-        The arrays of :data:`infoplane.io.cache.STEP_VARIABLES`: ``d2`` (L, N, N), ``d2_x``
-        (N, N), ``y`` (N,), ``nonfinite`` (L,) and ``nonfinite_x`` ().
-    """
-    reader = StoreReader(store)
-    d2, nonfinite = [], []
-    for name in layers:
-        matrix, bad = squared_distances_or_nan(reader.read(split, name, row))
-        d2.append(matrix)
-        nonfinite.append(bad)
-    d2_x, bad_x = squared_distances_or_nan(reader.read(split, "x", row))
-    y = np.asarray(reader.read(split, "y", row), dtype=np.int64)
-    if y.size and int(y.min()) < 0:
-        negative = sorted(set(y[y < 0].tolist()))[:5]
-        raise StoreError(
-            f"{reader.where(split, 'y', reader.steps(split), [row])}: negative label(s) "
-            f"{negative}; labels are class numbers 0, 1, ...: fix the labels the store was "
-            "written with (`infoplane store validate` lists every such step)"
-        )
-    return {
-        "d2": np.stack(d2) if d2 else np.empty((0, *d2_x.shape)),
-        "d2_x": d2_x,
-        "y": y,
-        "nonfinite": np.asarray(nonfinite, dtype=bool),
-        "nonfinite_x": np.asarray(bad_x),
-    }
-
-
 def channel_distances(store: str | Path, split: str, row: int, layer: str) -> np.ndarray:
     """Per-channel squared distances (C, N, N) of one layer at one step (axis 0 of a sample).
 
