@@ -338,6 +338,15 @@ def test_changing_training_settings_retrains_every_run(tiny_run):
 
 
 @pytest.mark.slow
+def test_changing_the_distance_storage_recomputes_distances_not_training(tiny_run):
+    def edit(config):
+        config["experiments"]["tiny"]["distances"] = {"store": "float32"}
+
+    counts = job_counts(dry_run(tiny_run, edited_config(tiny_run, "edit_storage.yaml", edit)))
+    assert counts["train"] == 0 and counts["distances"] == 2 and counts["estimate"] == 4
+
+
+@pytest.mark.slow
 def test_binning_and_kde_presets_run_through_the_workflow(tiny_run, tmp_path):
     """On a copy of the finished tiny run: the classic presets estimate, stack, check and plot
     without retraining; the binned I(X;T) is H(T), the KDE upper bound is above the lower."""

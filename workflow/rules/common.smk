@@ -161,10 +161,11 @@ def canonical(value):
 def run_config(wildcards):
     """The config one run is trained with: its experiment, narrowed to the run's seed.
 
-    The seed list and the estimator presets are left out on purpose: adding a seed or a preset
-    must not retrain the existing runs.
+    The seed list, the estimator presets and the distance storage are left out on purpose:
+    adding a seed or a preset, or keeping the distances otherwise, must not retrain the runs.
     """
     settings = dict(experiment(wildcards.experiment))
+    settings.pop("distances", None)
     settings["seeds"] = [seed_from_run(wildcards.run, settings)]
     settings["estimators"] = []
     return canonical({"experiments": {wildcards.experiment: settings}})

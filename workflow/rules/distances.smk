@@ -11,6 +11,7 @@ rule distances:
         directory("results/{experiment}/{run}/distances.zarr"),
     params:
         store=store_params,
+        storage=lambda wildcards: experiment(wildcards.experiment)["distances"]["store"],
     log:
         "logs/{experiment}/{run}/distances.log",
     threads: 2
@@ -18,4 +19,5 @@ rule distances:
         CONDA_ENV
     shell:
         "python -m infoplane distances {input.store} --out {output} --workers {threads} "
+        "--storage {params.storage} "
         "> {log} 2>&1"

@@ -27,6 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="start afresh instead of resuming --out"
     )
+    parser.add_argument(
+        "--storage",
+        choices=("auto", "full", "float32", "recompute"),
+        default="auto",
+        help=(
+            "how the distances of each layer are kept (the experiment's distances.store): "
+            "auto (default) - full float64 up to N = 2048, above it float32 or recompute by a "
+            "cost model; full; float32 (upper triangle); recompute (not kept)"
+        ),
+    )
     add_cluster_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -40,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         splits=args.splits,
         overwrite=args.overwrite,
+        storage=args.storage,
         **cluster_options(args),
     )
     print(

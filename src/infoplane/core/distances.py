@@ -19,7 +19,9 @@ from infoplane.errors import InputError
 __all__ = [
     "channel_squared_distances",
     "check_square_stack",
+    "pack_upper",
     "squared_distances",
+    "unpack_upper",
 ]
 
 # Features per block, the largest of: 4096 (at large N each pass over the N×N accumulator is
@@ -192,3 +194,37 @@ def check_square_stack(a: Any, what: str, *, min_n: int = 2) -> np.ndarray:
             "(a diverged run?) - recompute it from finite data"
         )
     return a
+
+
+def pack_upper(d2: Any, dtype: Any = np.float32) -> np.ndarray:
+    """The N(N−1)/2 entries above the diagonal of a symmetric matrix, row after row, as ``dtype``.
+
+    The compact form of a squared-distance matrix (the diagonal is 0, the lower triangle its
+    mirror): a quarter of the float64 matrix in float32. :func:`unpack_upper` inverts it.
+    """
+    m = np.asarray(d2)
+    n = m.shape[-1]
+    out = np.empty(n * (n - 1) // 2, dtype=dtype)
+    at = 0
+    for i in range(n - 1):
+        out[at : at + n - 1 - i] = m[i, i + 1 :]
+        at += n - 1 - i
+    return out
+
+
+def unpack_upper(packed: Any, n: int) -> np.ndarray:
+    """The symmetric (N, N) float64 matrix with zero diagonal of :func:`pack_upper`'s entries."""
+    v = np.asarray(packed)
+    if v.shape != (n * (n - 1) // 2,):
+        raise InputError(f"a packed upper triangle of {n} samples has {n * (n - 1) // 2} entries")
+    out = np.zeros((n, n))
+    at = 0
+    for i in range(n - 1):
+        out[i, i + 1 :] = v[at : at + n - 1 - i]
+        at += n - 1 - i
+    block = 512  # mirror block by block: no second N×N array
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        out[b0:b1, :b0] = out[:b0, b0:b1].T
+        out[b0:b1, b0:b1] += np.triu(out[b0:b1, b0:b1], 1).T
+    return out

@@ -74,6 +74,9 @@ def search_step(
 ) -> dict[str, Any]:
     """The alignment argmax σ* of every layer of one point.
 
+    ``d2`` is anything indexed by layer that gives that layer's (N, N) squared distances: an
+    (L, N, N) array, or a lazy sequence, so that only one layer's matrix is held at a time.
+
     Returns
     -------
     dict
@@ -82,21 +85,13 @@ def search_step(
     sigma = np.full(len(layers), np.nan)
     hit = np.zeros(len(layers), dtype=bool)
     failures: Failures = [(layers[i], "non-finite activations") for i in np.flatnonzero(nonfinite)]
-    finite = np.flatnonzero(~nonfinite)
     gram_y = label_gram(y)
-    if finite.size:
-        try:  # one vectorised search over the stack of layers
-            sigma[finite], hit[finite] = alignment_width(
-                d2[finite], gram_y, grid=grid, points=points
-            )
-        except InputError:
-            for i in finite:  # isolate the failing layer(s)
-                try:
-                    sigma[i], hit[i] = select_width(
-                        d2[i], "alignment", gram_y=gram_y, grid=grid, points=points
-                    )
-                except InputError as exc:
-                    failures.append((layers[i], str(exc)))
+    # one layer at a time: ``d2`` may be a lazy sequence that reads or computes d2[i] on demand
+    for i in np.flatnonzero(~np.asarray(nonfinite, dtype=bool)):
+        try:
+            sigma[i], hit[i] = alignment_width(d2[i], gram_y, grid=grid, points=points)
+        except InputError as exc:
+            failures.append((layers[i], str(exc)))
     return {"sigma_star": sigma, "boundary_hit": hit, "failures": failures}
 
 

@@ -9,6 +9,15 @@ only the N(N−1)/2 pairs above the diagonal are used (the diagonal of an RBF Gr
 sums over pairs are evaluated by a Taylor series about the middle of the range of distances for
 the widths where it converges fast (O(N²) once, then O(1) per width), by exponentials in small
 cache-resident tiles of (widths × pairs) for the rest.
+
+Above ``EXACT_SEARCH_MAX_N`` samples (1000) the whole grid is no longer scored on every pair: the
+alignment of every width is first estimated on a seeded sample of ``SEARCH_SAMPLE_PAIRS`` pairs,
+with its standard error (delta method on the two sums); the widths whose estimate lies within
+``SEARCH_Z`` standard errors of the sampled maximum (at most ``SEARCH_WINDOW_MAX``, always the
+argmax's neighbours) are then scored exactly on every pair, row block by row block, and the
+exact argmax among them is returned. It is the grid argmax unless the true argmax's sampled
+score fell more than ``SEARCH_Z`` standard errors short (then a width of nearly the same
+alignment is returned); the cost is O(G·M + W·N²) instead of O(G·N²), with no N×N temporary.
 """
 
 from __future__ import annotations
@@ -44,6 +53,18 @@ _TILE_ELEMENTS = 1 << 16
 # d where r·(half-range) <= _SERIES_RADIUS (most of the paper's grid), exponentials elsewhere.
 _SERIES_RADIUS = 2.0
 _MOMENT_CHUNK = 1 << 15  # pairs per chunk of the moment passes (256 KiB of float64)
+#: Largest N searched exactly over the whole grid (today's O(G·N²) search, bit for bit).
+EXACT_SEARCH_MAX_N = 1000
+#: Pairs drawn (seeded, with replacement) to locate the argmax above EXACT_SEARCH_MAX_N.
+SEARCH_SAMPLE_PAIRS = 1 << 18
+#: Seed of that sample: a search is a deterministic function of its inputs.
+SEARCH_SEED = 0
+#: Widths within this many standard errors of the sampled maximum are scored exactly.
+SEARCH_Z = 4.0
+#: At most this many widths are scored exactly over all pairs.
+SEARCH_WINDOW_MAX = 12
+# Up to this many widths, the exact window is scored by exponentials rather than the series.
+_DIRECT_WINDOW_MAX = 8
 # Width returned when every distance is zero: any width then gives the same (all-ones) Gram.
 _DEGENERATE_WIDTH = 1.0
 
@@ -185,7 +206,11 @@ def _grid(d2: np.ndarray, kind: str, points: Any) -> np.ndarray:
         raise InputError(f"grid kind must be 'linear' or 'log', got {kind!r}")
     if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 2:
         raise InputError(f"points must be an integer >= 2, got {points!r}")
-    mean_dist = np.sqrt(d2).mean(axis=(-2, -1)).reshape(-1)
+    n = d2.shape[-1]
+    if n > EXACT_SEARCH_MAX_N:  # no N×N temporary for a large matrix
+        mean_dist = np.array([_mean_distance(m) for m in d2.reshape(-1, n, n)])
+    else:
+        mean_dist = np.sqrt(d2).mean(axis=(-2, -1)).reshape(-1)
     grids = np.empty((mean_dist.size, int(points)))
     for k, m in enumerate(mean_dist):
         m = m if m > 0 else 1.0
@@ -361,6 +386,131 @@ def alignment_scores(d2: Any, gram_y: Any, grid: Any) -> np.ndarray:
     return _scores(d2, _check_gram_y(gram_y, d2), _check_grid(grid))
 
 
+# --------------------------------------------------------------------------------------------
+# the search at large N: sampled pairs locate the argmax, exact scores decide it
+
+
+def _row_blocks(n: int, pairs: int = _MOMENT_CHUNK * 16) -> list[tuple[int, int]]:
+    """Row ranges [a, b) whose upper-triangle pairs number about ``pairs`` each."""
+    blocks, start, count = [], 0, 0
+    for i in range(n):
+        count += n - 1 - i
+        if count >= pairs or i == n - 1:
+            blocks.append((start, i + 1))
+            start, count = i + 1, 0
+    return blocks
+
+
+def _upper_rows(m: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The entries m[i, j], j > i, of rows start <= i < stop, row after row."""
+    return np.concatenate([m[i, i + 1 :] for i in range(start, stop)])
+
+
+def _mean_distance(d2: np.ndarray) -> float:
+    """Mean of sqrt(d2) over all N² entries, row block by row block (no N×N temporary)."""
+    n = d2.shape[-1]
+    step = max(1, (_MOMENT_CHUNK * 16) // n)
+    total = sum(float(np.sqrt(d2[a : a + step]).sum()) for a in range(0, n, step))
+    return total / (n * n)
+
+
+def _sample_pairs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` pairs i < j drawn uniformly (with replacement) from the N(N−1)/2, seeded."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size)
+    j = rng.integers(0, n - 1, size)
+    j = j + (j >= i)  # uniform over j != i
+    return np.minimum(i, j), np.maximum(i, j)
+
+
+def _sampled_scores(
+    d2: np.ndarray, y: np.ndarray, grid: np.ndarray, size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Alignment estimated on ``size`` sampled pairs, and its standard error, for each σ.
+
+    With P = N(N−1)/2 pairs, ⟨K, Y⟩ = tr(Y) + P·E[a] and ‖K‖² = N + 2P·E[b], a = 2Y_ij K_ij and
+    b = K_ij² over a uniformly drawn pair. Both means are estimated on the sample; the standard
+    error of the ratio comes from their sample variances and covariance (delta method). The
+    moments of a and b are sums of exponentials again: e.g. a·b = 2Y_ij exp(−3 d_ij / σ²).
+    """
+    n = d2.shape[-1]
+    i, j = _sample_pairs(n, size, seed)
+    dp, w = d2[i, j], 2.0 * y[i, j]
+    nz = np.flatnonzero(w)
+    dw, ww = dp[nz], w[nz]
+    rates = 1.0 / grid**2
+    mean_a = _exp_sums(dw, ww, rates) / size
+    mean_b = _exp_sums(dp, None, 2.0 * rates) / size
+    var_a = np.maximum(_exp_sums(dw, ww * ww, 2.0 * rates) / size - mean_a**2, 0.0) / size
+    var_b = np.maximum(_exp_sums(dp, None, 4.0 * rates) / size - mean_b**2, 0.0) / size
+    cov = (_exp_sums(dw, ww, 3.0 * rates) / size - mean_a * mean_b) / size
+    pairs = 0.5 * n * (n - 1)
+    y_trace = float(np.trace(y))
+    y_norm = math.sqrt(float(np.einsum("ij,ij->", y, y)))
+    if y_norm == 0:
+        raise InputError("gram_y is all zeros; the alignment with it is undefined")
+    u, v = y_trace + pairs * mean_a, n + 2.0 * pairs * mean_b
+    scores = u / (np.sqrt(v) * y_norm)
+    grad_a = pairs / (np.sqrt(v) * y_norm)
+    grad_b = -u * pairs / (y_norm * v**1.5)
+    var = grad_a**2 * var_a + grad_b**2 * var_b + 2.0 * grad_a * grad_b * cov
+    return scores, np.sqrt(np.maximum(var, 0.0))
+
+
+def _exact_window_scores(d2: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Exact alignment scores of a few widths, over every pair, row block by row block."""
+    n = d2.shape[-1]
+    rates = 1.0 / grid**2
+    # a few exponentials per pair cost less than the ~30 moment passes of the series
+    sums = _direct_sums if rates.size <= _DIRECT_WINDOW_MAX else _exp_sums
+    inner, sq = np.zeros(rates.size), np.zeros(rates.size)
+    for a, b in _row_blocks(n):
+        dp, w = _upper_rows(d2, a, b), 2.0 * _upper_rows(y, a, b)
+        nz = np.flatnonzero(w)
+        inner += sums(dp[nz], w[nz], rates)
+        sq += sums(dp, None, 2.0 * rates)
+    y_norm = math.sqrt(float(np.einsum("ij,ij->", y, y)))
+    if y_norm == 0:
+        raise InputError("gram_y is all zeros; the alignment with it is undefined")
+    return (float(np.trace(y)) + inner) / (np.sqrt(n + 2.0 * sq) * y_norm)
+
+
+def search_window(scores: np.ndarray, se: np.ndarray, z: float, most: int) -> tuple[int, int]:
+    """Grid positions [lo, hi) that may hold the argmax, from sampled scores and their errors.
+
+    Every width whose sampled score is within ``z`` standard errors (of the difference to the
+    sampled maximum, bounded by se_g + se_best) of the sampled maximum, and the neighbours of the
+    sampled argmax; at most ``most`` positions, centred on the sampled argmax when clipped.
+    """
+    best = int(np.argmax(scores))
+    close = np.flatnonzero(scores >= scores[best] - z * (se + se[best]))
+    lo = max(0, min(int(close.min()), best - 1))
+    hi = min(scores.size, max(int(close.max()), best + 1) + 1)
+    if hi - lo > most:
+        lo = max(0, min(best - most // 2, scores.size - most))
+        hi = lo + most
+    return lo, hi
+
+
+def _sampled_argmax_one(d2: np.ndarray, y: np.ndarray, grid: np.ndarray) -> int:
+    """Grid position of the alignment argmax of one large matrix (see :func:`alignment_width`)."""
+    scores, se = _sampled_scores(d2, y, grid, SEARCH_SAMPLE_PAIRS, SEARCH_SEED)
+    lo, hi = search_window(scores, se, SEARCH_Z, SEARCH_WINDOW_MAX)
+    exact = _exact_window_scores(d2, y, grid[lo:hi])
+    return lo + int(np.argmax(exact))
+
+
+def _sampled_argmax(d2: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`_sampled_argmax_one` over a stack; returns the positions (...) and the grid size."""
+    batch = np.broadcast_shapes(d2.shape[:-2], y.shape[:-2], g.shape[:-1])
+    n = d2.shape[-1]
+    d2b = np.broadcast_to(d2, (*batch, n, n)).reshape(-1, n, n)
+    yb = np.broadcast_to(y, (*batch, n, n)).reshape(-1, n, n)
+    gb = np.broadcast_to(g, (*batch, g.shape[-1])).reshape(-1, g.shape[-1])
+    best = [_sampled_argmax_one(*args) for args in zip(d2b, yb, gb, strict=True)]
+    return np.asarray(best, dtype=np.int64).reshape(batch), g.shape[-1]
+
+
 def alignment_width(
     d2: Any,
     gram_y: Any,
@@ -381,6 +531,9 @@ def alignment_width(
     points : int
         Grid size for a named grid kind.
 
+    Above ``EXACT_SEARCH_MAX_N`` samples the argmax is located on sampled pairs and decided by
+    exact scores of the widths near it (see the module docstring).
+
     Returns
     -------
     (sigma, boundary_hit)
@@ -391,11 +544,15 @@ def alignment_width(
     d2 = _check_d2(d2)
     y = _check_gram_y(gram_y, d2)
     g = _grid(d2, grid, points) if isinstance(grid, str) else _check_grid(grid)
-    scores = _scores(d2, y, g)
-    best = np.argmax(scores, axis=-1)
-    g = np.broadcast_to(g, scores.shape)
+    if d2.shape[-1] > EXACT_SEARCH_MAX_N:
+        best, size = _sampled_argmax(d2, y, g)
+    else:
+        scores = _scores(d2, y, g)
+        best, size = np.argmax(scores, axis=-1), scores.shape[-1]
+    batch = best.shape
+    g = np.broadcast_to(g, (*batch, g.shape[-1]))
     sigma = np.take_along_axis(g, best[..., None], axis=-1)[..., 0]
-    hit = (best == 0) | (best == scores.shape[-1] - 1)
+    hit = (best == 0) | (best == size - 1)
     if sigma.ndim == 0:
         return float(sigma), bool(hit)
     return sigma, hit

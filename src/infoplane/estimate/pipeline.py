@@ -44,7 +44,7 @@ from infoplane.core.plane import LAYER_KEYS, STEP_KEYS, estimate_step, search_st
 from infoplane.core.widths import smooth_along_steps
 from infoplane.errors import StoreError, warn_nan_points
 from infoplane.estimate.cluster import client_or, run_batched
-from infoplane.estimate.distances import channel_distances, step_activations, step_distances
+from infoplane.estimate.distances import channel_distances, load_point, step_activations
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
 from infoplane.io.files import exclusive
@@ -71,6 +71,8 @@ class Source:
     layers: tuple[str, ...]
     dims: tuple[int, ...]
     dim_x: int
+    # per split, the store row of every cached step (when the store is read beside a cache)
+    store_rows: Mapping[str, tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,9 @@ def plan_source(
         for name, s in cached.splits.items()
     }
     store_path = None
-    if needs_store:
+    rows: dict[str, np.ndarray] = {}
+    # a cache that recomputes some distances reads them from the store at estimate time
+    if needs_store or "recompute" in cache.storage_of(source).values():
         store_path = Path(store) if store is not None else Path(cached.store)
         if not store_path.exists():
             raise StoreError(
@@ -158,7 +162,10 @@ def plan_source(
             for name, s in steps.items()
         }
         store_path = str(store_path.resolve())
-    src = Source("cache", cached.path, store_path, cached.layers, cached.dims, cached.dim_x)
+    src = Source(
+        "cache", cached.path, store_path, cached.layers, cached.dims, cached.dim_x,
+        {name: tuple(int(r) for r in found) for name, found in rows.items()} or None,
+    )  # fmt: skip
     return src, steps, dict(cached.attrs)
 
 
@@ -167,21 +174,26 @@ def plan_source(
 
 
 def load_step(
-    source: Source, split: str, index: int, *, layers: bool = True
-) -> dict[str, np.ndarray]:
-    """One step's distances: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
+    source: Source, split: str, index: int, *, layers: bool = True, inputs: bool = True
+) -> dict[str, Any]:
+    """One step's distances: ``d2``, ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
 
-    ``layers=False`` skips the cached layer distances (``d2`` is then absent): presets that build
-    their layer Grams from the activations do not need them.
+    ``d2`` is a :class:`~infoplane.estimate.distances.PointDistances`: ``d2[i]`` reads (or
+    recomputes from the store) layer ``i``'s (N, N) matrix when asked, so one layer's matrix is
+    held at a time. ``layers=False`` leaves it out: presets that build their layer Grams from
+    the activations do not need it; ``inputs=False`` leaves out ``d2_x`` (the width search).
     """
-    if source.kind == "store":
-        return step_distances(source.path, split, index, source.layers)
-    return cache.read_step(source.path, split, index, layers=layers)
+    rows = source.store_rows.get(split) if source.store_rows else None
+    return load_point(
+        source.kind, source.path, source.store, split, index,
+        index if source.kind == "store" else (rows[index] if rows else None),
+        source.layers, with_layers=layers, with_inputs=inputs,
+    )  # fmt: skip
 
 
 def search_widths_task(source: Source, split: str, index: int, rule: Mapping) -> dict[str, Any]:
     """Task: the alignment argmax σ* of every layer at one (split, step)."""
-    data = load_step(source, split, index)
+    data = load_step(source, split, index, inputs=False)
     return search_step(
         data["d2"], data["y"], data["nonfinite"], source.layers,
         grid=rule["grid"], points=rule["points"],

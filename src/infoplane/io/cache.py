@@ -2,13 +2,18 @@
 
 Layout of ``distances.zarr`` (Zarr v3, one group per probe split, readable by xarray)::
 
-    attrs: kind, cache_schema_version (2), cache_id, store (source store path), store_attrs_sha256
+    attrs: kind, cache_schema_version (3), cache_id, store (source store path), store_attrs_sha256
            (digest of the store's root attributes, checked when a cache is resumed and when an
            estimate reads the store beside the cache), infoplane_version, layers, run,
-           experiment, splits
+           experiment, splits, storage ({layer or "x": full | float32 | recompute})
     <split>/
-      d2(step, layer, i, j)  float64   chunk (1, layers up to ~64 MiB, N, N), uncompressed
-      d2_x(step, i, j)       float64   squared distances of the network inputs
+      d2(step, layer, i, j)  float64   chunk (1, layers up to ~64 MiB, N, N), uncompressed; only
+                                       the full layers' chunks are written (with another form
+                                       in the cache, one layer per chunk)
+      d2_f32(step, layer, pair) float32  optional (a float32 layer): the N(N−1)/2 entries above
+                                       the diagonal, row after row; chunk (1, 1, pairs)
+      d2_x(step, i, j)       float64   squared distances of the network inputs (x full)
+      d2_x_f32(step, pair)   float32   optional, when x is kept float32
       y(step, sample)        int64     labels of the probe samples
       nonfinite(step, layer) bool      the layer's activations held NaN/Inf (d2 is NaN)
       nonfinite_x(step)      bool
@@ -22,9 +27,12 @@ Every per-step array ends its codec chain with a CRC-32C checksum (``Crc32cCodec
 activation store's chunks do), so a truncated or bit-flipped chunk is a decode error, and every
 read of a step first checks that its chunk files exist (zarr alone would return the fill value,
 zero distances, for a missing one). Either fault is a StoreError naming the cache, run, split,
-step and layer. Format history: ``cache_schema_version`` 1 (no checksums, no ``index``) is still
-read, with the same chunk-file checks; its decode errors cannot tell a bit flip, so recompute it
-(``infoplane distances STORE --out CACHE --overwrite``) to get the checksums.
+step and layer. A ``recompute`` layer (or x) has no chunk at all: an estimate computes its
+distances from the activation store again (:mod:`infoplane.estimate.distances`). Format
+history: ``cache_schema_version`` 2 is 3 with every matrix full (no ``storage``), read as such;
+1 (no checksums, no ``index``) is still read, with the same chunk-file checks; its decode
+errors cannot tell a bit flip, so recompute it (``infoplane distances STORE --out CACHE
+--overwrite``) to get the checksums.
     widths/<split>-<key>/    optional: the result of an alignment width search run on these
       sigma_star(step, layer) float64, boundary_hit(step, layer) bool, step(step) int64;
       attrs: search (rule, grid, points, label kernel), layers, infoplane_version, failures,
@@ -66,10 +74,19 @@ from infoplane.io.store.layout import chunk_files
 log = logging.getLogger(__name__)
 
 CACHE_KIND = "infoplane-distance-cache"
-#: 2: checksummed chunks (Crc32cCodec) and the probe's ``index``; 1 is still read.
-CACHE_SCHEMA_VERSION = 2
+#: 3: a storage form per layer (``storage``; full, float32 or recompute); 2: checksummed
+#: chunks (Crc32cCodec) and the probe's ``index``. 2 and 1 are still read (every layer full).
+CACHE_SCHEMA_VERSION = 3
 #: The per-step arrays of a split, in the order :func:`write_step` writes them.
 STEP_VARIABLES = ("d2", "d2_x", "y", "nonfinite", "nonfinite_x")
+#: How the distances of a layer (or of the inputs, ``"x"``) are kept: ``full`` float64 (N, N)
+#: in ``d2``/``d2_x``; ``float32``, the upper triangle (N(N−1)/2,) in ``d2_f32``/``d2_x_f32``;
+#: ``recompute``, not kept (computed again from the activation store when read).
+STORAGE_FORMS = ("full", "float32", "recompute")
+#: The array of each stored form: (layer distances, input distances).
+_FORM_ARRAYS = {"full": ("d2", "d2_x"), "float32": ("d2_f32", "d2_x_f32")}
+#: The per-step arrays of the compact form, present only when a layer uses it.
+PACKED_VARIABLES = ("d2_f32", "d2_x_f32")
 #: Target size of one d2 chunk: all layers of a step in one read at small N, a few at large N.
 D2_CHUNK_BYTES = 64 * 2**20
 
@@ -87,13 +104,39 @@ def _open_group(path: str | Path, mode: str = "r"):
 # creation and writing
 
 
-def _split_template(plan: StorePlan, split: str, index: np.ndarray | None = None):
+def full_storage(plan: StorePlan) -> dict[str, str]:
+    """Every layer and the inputs (``"x"``) kept full: the layout of format 2."""
+    return {name: "full" for name in (*plan.layers, "x")}
+
+
+def check_storage(storage: Mapping[str, str], plan: StorePlan) -> dict[str, str]:
+    """A storage form of :data:`STORAGE_FORMS` for every layer of ``plan`` and for ``"x"``."""
+    wanted = (*plan.layers, "x")
+    forms = {name: storage.get(name) for name in wanted}
+    bad = {name: form for name, form in forms.items() if form not in STORAGE_FORMS}
+    if bad:
+        raise StoreError(
+            f"distance storage {bad}: every layer and 'x' needs one of {', '.join(STORAGE_FORMS)}"
+        )
+    return forms  # type: ignore[return-value]
+
+
+def _split_template(
+    plan: StorePlan,
+    split: str,
+    index: np.ndarray | None = None,
+    storage: Mapping[str, str] | None = None,
+):
     """The split's Dataset of lazily zero arrays: to_zarr(compute=False) writes metadata only."""
     import xarray as xr
 
+    storage = storage or full_storage(plan)
     at = plan.splits[split]
     n_steps, n_layers, n = len(at.steps), len(plan.layers), at.n_samples
-    per_chunk = max(1, min(n_layers, D2_CHUNK_BYTES // (8 * n * n)))
+    pairs = n * (n - 1) // 2
+    all_full = all(form == "full" for form in storage.values())
+    # with other forms, one layer per chunk: the slots of layers kept otherwise stay unwritten
+    per_chunk = max(1, min(n_layers, D2_CHUNK_BYTES // (8 * n * n))) if all_full else 1
 
     def lazy(dims, shape, chunks, dtype):
         # a read-only view of one zero: no memory, whatever the shape
@@ -112,6 +155,12 @@ def _split_template(plan: StorePlan, split: str, index: np.ndarray | None = None
         "dim": (("layer",), np.array([plan.dims[name] for name in plan.layers], dtype=np.int64)),
         "dim_x": ((), np.int64(plan.input_dim)),
     }
+    if any(storage[name] == "float32" for name in plan.layers):
+        data["d2_f32"] = lazy(
+            ("step", "layer", "pair"), (n_steps, n_layers, pairs), (1, 1, pairs), "f4"
+        )
+    if storage["x"] == "float32":
+        data["d2_x_f32"] = lazy(("step", "pair"), (n_steps, pairs), (1, pairs), "f4")
     if index is not None:
         data["index"] = (("sample",), np.asarray(index, dtype=np.int64))
     coords = {
@@ -151,28 +200,35 @@ def _probe_index(plan: StorePlan) -> dict[str, np.ndarray]:
     return found
 
 
-def create_cache(path: str | Path, plan: StorePlan) -> None:
+def create_cache(
+    path: str | Path, plan: StorePlan, storage: Mapping[str, str] | None = None
+) -> None:
     """Pre-allocate an empty cache for ``plan`` (metadata only; every ``done`` is False).
 
     The probe's dataset indices (the first captured step's) are kept as ``<split>/index``.
+    ``storage`` maps every layer and ``"x"`` to a form of :data:`STORAGE_FORMS` (default: all
+    full, the layout of format 2); it is recorded in the root's ``storage`` attribute.
     Built beside ``path`` and moved into place, so a killed creation leaves no half cache.
     """
     import zarr
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
+    storage = check_storage(storage or full_storage(plan), plan)
     index = _probe_index(plan)
     with replacing(path, tag="creating") as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.attrs.update(_cache_attrs(plan))
+        root.attrs.update({**_cache_attrs(plan), "storage": storage})
         for split in plan.splits:
             # distances are full-entropy float64: compression would cost time and save little;
             # the checksum makes a truncated or corrupt chunk a decode error
             raw = {"compressors": (Crc32cCodec(),)}
             packed = {"compressors": (ZstdCodec(), Crc32cCodec())}
-            encoding = {"d2": raw, "d2_x": raw}
+            template = _split_template(plan, split, index.get(split), storage)
+            encoding = {name: raw for name in ("d2", "d2_x", *PACKED_VARIABLES)}
+            encoding = {name: codec for name, codec in encoding.items() if name in template}
             names = ("y", "nonfinite", "nonfinite_x", "done", "step", "epoch")
             encoding.update({name: packed for name in names})
-            _split_template(plan, split, index.get(split)).to_zarr(
+            template.to_zarr(
                 str(tmp),
                 group=split,
                 mode="w",
@@ -194,15 +250,89 @@ def create_cache(path: str | Path, plan: StorePlan) -> None:
             zarr.consolidate_metadata(str(tmp))
 
 
-def write_step(cache: str | Path, split: str, index: int, values: Mapping[str, Any]) -> None:
-    """Write step ``index`` of ``split``: every array of :data:`STEP_VARIABLES`, then ``done``."""
+def storage_of(path: str | Path) -> dict[str, str]:
+    """The storage form of every layer and of ``"x"`` (caches before format 3: all full)."""
+    root = open_cache_root(path)
+    kept = root.attrs.get("storage")
+    if kept is None:
+        return {name: "full" for name in (*root.attrs.get("layers", ()), "x")}
+    return {str(k): str(v) for k, v in dict(kept).items()}
+
+
+def layers_per_chunk(cache: str | Path, split: str) -> int:
+    """Layers held by one chunk of ``d2`` (write them together, see :func:`write_layers`)."""
+    return int(_open_group(cache)[split]["d2"].metadata.chunk_grid.chunk_shape[1])
+
+
+def write_layers(
+    cache: str | Path,
+    split: str,
+    index: int,
+    first: int,
+    values: Sequence[Any],
+    forms: Sequence[str] | None = None,
+) -> None:
+    """Write the distances of layers ``first, first + 1, ...`` of step ``index``, as stored.
+
+    ``values`` holds one entry per layer in the layer's storage form (``forms``, read from the
+    cache when None): (N, N) float64 (full), the packed (N(N−1)/2,) upper triangle (float32) or
+    None (recompute, nothing is written). Full layers sharing a chunk must come in one call (at
+    small N every layer of a step is one chunk).
+    """
     group = _open_group(cache, mode="r+")[split]
+    if forms is None:
+        storage = storage_of(cache)
+        layers = list(open_cache_root(cache).attrs["layers"])
+        forms = [storage[name] for name in layers[first : first + len(values)]]
+    try:
+        full = [k for k in range(len(values)) if forms[k] == "full"]
+        if full:
+            array = group["d2"].with_config({"write_empty_chunks": True})
+            if full == list(range(len(values))):  # one block: one write of the shared chunk
+                array[index, first : first + len(values)] = np.stack(values)
+            else:
+                for k in full:
+                    array[index, first + k] = values[k]
+        for k, value in enumerate(values):
+            if forms[k] == "float32":
+                array = group["d2_f32"].with_config({"write_empty_chunks": True})
+                array[index, first + k] = value
+    except OSError as exc:
+        step = int(np.asarray(group["step"][index]))
+        raise StoreError(
+            f"distance cache {cache}, split {split!r}, step {step}: "
+            + describe_os_error(exc, "the steps finished before are kept (marked done)")
+        ) from None
+
+
+def write_step(
+    cache: str | Path,
+    split: str,
+    index: int,
+    values: Mapping[str, Any],
+    storage: Mapping[str, str] | None = None,
+) -> None:
+    """Write step ``index`` of ``split``: every array of :data:`STEP_VARIABLES`, then ``done``.
+
+    ``d2`` (the layers, see :func:`write_layers`) may be left out when the layers were written
+    by :func:`write_layers` already; ``d2_x`` is in the storage form of ``"x"`` (None when it is
+    recomputed). ``storage`` is the cache's (:func:`storage_of`), read when None.
+    """
+    storage = storage if storage is not None else storage_of(cache)
+    if "d2" in values:
+        layers = list(open_cache_root(cache).attrs["layers"])
+        write_layers(cache, split, index, 0, list(values["d2"]), [storage[n] for n in layers])
+    group = _open_group(cache, mode="r+")[split]
+    x_form = storage["x"]
     # every chunk is written, even one that equals the fill value (all-NaN distances of a
     # diverged layer, labels all 0): a reader can then tell a missing chunk from such data
     # (per array: zarr's global config is shared by the threads of a worker)
     try:
-        for name in (*STEP_VARIABLES, "done"):
-            array = group[name].with_config({"write_empty_chunks": True})
+        for name in ("d2_x", *STEP_VARIABLES[2:], "done"):
+            if name == "d2_x" and x_form == "recompute":
+                continue
+            target = _FORM_ARRAYS[x_form][1] if name == "d2_x" else name
+            array = group[target].with_config({"write_empty_chunks": True})
             # last: a step counts as cached only once every variable of it is on disk
             array[index] = True if name == "done" else values[name]
     except OSError as exc:
@@ -425,6 +555,7 @@ class _SplitHandles:
     layers: tuple[str, ...]
     run: str
     checked: tuple[str, ...]  # the arrays whose every done step has its chunk files
+    storage: dict[str, str]  # the storage form of every layer and of "x"
 
 
 def _step_arrays(path: str, split: str) -> _SplitHandles:
@@ -447,20 +578,27 @@ def _step_arrays(path: str, split: str) -> _SplitHandles:
             return held[1]
         # the split group itself: cheaper than the root's consolidated metadata
         group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
-        arrays = {name: group[name] for name in STEP_VARIABLES}
+        present = set(group.array_keys())
+        arrays = {n: group[n] for n in (*STEP_VARIABLES, *PACKED_VARIABLES) if n in present}
         steps = np.asarray(group["step"][...], dtype=np.int64)
         attrs = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs
         layers, run = tuple(attrs.get("layers", ())), str(attrs.get("run", "?"))
+        kept = attrs.get("storage")
+        storage = (
+            {str(k): str(v) for k, v in dict(kept).items()}
+            if kept is not None
+            else {name: "full" for name in (*layers, "x")}
+        )
         # format 1 skipped chunks equal to the fill value (NaN distances, False flags); its
         # labels (fill 0) are checked all the same: a whole probe of class 0 is no probe
         version = int(attrs.get("cache_schema_version", 1))
-        checked = STEP_VARIABLES if version >= 2 else ("y",)
+        checked = (*STEP_VARIABLES, *PACKED_VARIABLES) if version >= 2 else ("y",)
     except Exception as exc:  # zarr raises several types for damaged metadata
         raise StoreError(
             f"distance cache {path}, split {split!r}: its metadata cannot be read "
             f"({type(exc).__name__}: {exc}); {_RECOMPUTE}"
         ) from None
-    handles = _SplitHandles(arrays, steps, layers, run, checked)
+    handles = _SplitHandles(arrays, steps, layers, run, checked, storage)
     if len(_held) >= 32:
         _held.clear()
     _held[(path, split)] = (token, handles)
@@ -476,7 +614,7 @@ _RECOMPUTE = (
 def _chunks_of_step(array: Any, root: Path, index: int, name: str, layers: Sequence[str]):
     """``(chunk file, what it holds)`` of every chunk of step ``index`` of ``array``."""
     files = chunk_files(array, root, index)
-    if name != "d2":
+    if name not in ("d2", "d2_f32"):
         return [(f, f"{name}") for f in files]
     per_chunk = int(array.metadata.chunk_grid.chunk_shape[1])
     named = []
@@ -512,10 +650,11 @@ def _name_bad_chunk(path: str, handles: _SplitHandles, split: str, index: int, n
     for name in names:
         array = handles.arrays[name]
         blocks = _chunks_of_step(array, Path(path) / split, index, name, handles.layers)
-        per = int(array.metadata.chunk_grid.chunk_shape[1]) if name == "d2" else 0
+        layered = name in ("d2", "d2_f32")
+        per = int(array.metadata.chunk_grid.chunk_shape[1]) if layered else 0
         for k, (chunk, what) in enumerate(blocks):
             try:
-                if name == "d2":
+                if layered:
                     array[index, k * per : (k + 1) * per]
                 else:
                     array[index]
@@ -532,23 +671,38 @@ def _name_bad_chunk(path: str, handles: _SplitHandles, split: str, index: int, n
 
 
 def read_step(
-    path: str | Path, split: str, index: int, *, layers: bool = True
+    path: str | Path, split: str, index: int, *, layers: bool = True, inputs: bool = True
 ) -> dict[str, np.ndarray]:
     """One cached step: ``d2`` (L, N, N), ``d2_x``, ``y``, ``nonfinite``, ``nonfinite_x``.
 
     The arrays are read concurrently with zarr's asynchronous API (the reads wait on I/O).
     ``layers=False`` skips the layer distances (``d2`` is then absent): presets that build their
-    layer Grams from the activations do not need them.
+    layer Grams from the activations do not need them, and a large point reads its layers one
+    at a time with :func:`read_layer`. The inputs' distances come as stored: ``d2_x`` (N, N)
+    when kept full, ``d2_x_f32`` (the packed upper triangle) when kept in float32, neither when
+    they are recomputed (see :func:`storage_of`), neither when ``inputs`` is False.
 
     Raises
     ------
     StoreError
         A chunk of the step is missing, truncated or corrupt, or a label is negative; the
-        message names the cache, run, split, step and layer.
+        message names the cache, run, split, step and layer. ``layers=True`` on a cache that
+        keeps a layer other than full (read those with :func:`read_layer`).
     """
-    names = STEP_VARIABLES if layers else STEP_VARIABLES[1:]
     path = str(path)
     handles = _step_arrays(path, split)
+    x_form = handles.storage.get("x", "full")
+    names: tuple[str, ...] = STEP_VARIABLES[2:]
+    if x_form != "recompute" and inputs:
+        names = (_FORM_ARRAYS[x_form][1], *names)
+    if layers:
+        other = [n for n in handles.layers if handles.storage.get(n, "full") != "full"]
+        if other:
+            raise StoreError(
+                f"distance cache {path} keeps layer(s) {other} in another form than full "
+                f"({ {n: handles.storage[n] for n in other} }); read them with read_layer"
+            )
+        names = ("d2", *names)
     _check_chunks(path, handles, split, index, names)
 
     async def rows() -> list[Any]:
@@ -570,6 +724,46 @@ def read_step(
             "are class numbers 0, 1, ...: fix the store's labels, then " + _RECOMPUTE
         )
     return data
+
+
+def read_layer(path: str | Path, split: str, index: int, layer: int) -> np.ndarray:
+    """The kept distances of one layer at one step, in its storage form.
+
+    (N, N) float64 for a full layer, the packed (N(N−1)/2,) float32 upper triangle for a
+    float32 one. Checked as :func:`read_step` (missing chunk file, checksum).
+
+    Raises
+    ------
+    StoreError
+        The layer is not kept (``recompute``), or its chunk is missing, truncated or corrupt.
+    """
+    path = str(path)
+    handles = _step_arrays(path, split)
+    name = handles.layers[layer]
+    form = handles.storage.get(name, "full")
+    if form == "recompute":
+        raise StoreError(
+            f"{_where(path, handles, split, index)}: the distances of layer {name!r} are not "
+            "kept in the cache (storage: recompute); compute them from the activation store"
+        )
+    array = handles.arrays[_FORM_ARRAYS[form][0]]
+    chunks = _chunks_of_step(array, Path(path) / split, index, array.basename, handles.layers)
+    per = int(array.metadata.chunk_grid.chunk_shape[1])
+    chunk, what = chunks[layer // per]
+    if array.basename in handles.checked and not chunk.is_file():
+        raise StoreError(
+            f"{_where(path, handles, split, index)}: the chunk file "
+            f"{chunk.relative_to(path)} ({what}) is missing although the step is marked "
+            f"done; {_RECOMPUTE}"
+        )
+    try:
+        return np.asarray(array[index, layer])
+    except Exception as exc:  # zarr raises several types for a damaged chunk
+        raise StoreError(
+            f"{_where(path, handles, split, index)}: the chunk file {chunk.relative_to(path)} "
+            f"({what}) cannot be decoded ({type(exc).__name__}: {exc}); it is truncated or "
+            f"corrupt. {_RECOMPUTE}"
+        ) from None
 
 
 def nonfinite_points(path: str | Path) -> list[tuple[str, int, str]]:
