@@ -3,21 +3,24 @@
 The paper's MLP shapes (784-1024-20-20-20-10, tanh, softmax output; random weights) on the real
 MNIST test set when it is present (``--mnist DIR``, default ``../shared/data/mnist``; its 10,000
 images give N up to 10⁴) or on a synthetic 10-class mixture of the same shapes. One captured
-step per N, each N in a fresh process (its peak memory is that process's maximum RSS):
+step with a train probe of N samples (and a test probe of 200), each N in a fresh process whose
+peak memory (maximum RSS) is reported:
 
-  step       the whole point as the pipeline computes it: squared distances of the input and of
-             every layer, the alignment width search (the paper's linear grid of 100), the Grams,
-             every entropy and both MI coordinates, with the preset's default ``spectrum``
-             (``auto``: exact up to 3,000 rows, randomized above)
-  exact      the same entropies by ``eigvalsh`` (timed at N <= --exact-max; above, the time of
-             one N×N ``eigvalsh`` times the number of dense spectra of a step, 2L + 1)
-  accuracy   every dense entropy (H_X, H_T and H_XT of every layer) by the randomized method
-             against ``eigvalsh`` (N <= --exact-max): the relative error, and whether the exact
-             value lies inside the reported error bar. H_Y and H_TY are exact in both (the
-             label kernel is block-diagonal; its blocks are decomposed one by one)
+  step       the pipeline on that step, as the workflow runs it: ``compute_distances`` into a
+             distance cache (``storage: auto``) and ``estimate`` with the ``paper-alpha1.01``
+             preset (alignment widths on the paper's grid of 100, every entropy, both MI) and
+             its default ``spectrum`` (``auto``: exact up to 3,000 rows, randomized above), on
+             a local Dask cluster of 2 single-threaded workers
+  exact      the same estimate with ``spectrum: {method: exact}`` (run at N <= --exact-max;
+             above, one N×N ``eigvalsh`` is timed and multiplied by the step's 2L + 1 dense
+             spectra, and added to the randomized step's time without its spectra)
+  accuracy   every dense entropy of the train split (H_X, H_T and H_XT of every layer) by the
+             randomized method against ``eigvalsh`` on the same matrices (N <= --exact-max):
+             the relative error, and whether the exact value lies inside the reported error
+             bar. H_Y and H_TY are exact in both (the label kernel is block-diagonal; its
+             blocks are decomposed one by one)
 
-Figures are printed; nothing is asserted. The BLAS threads of the process are its workers
-(``--threads``, default 2: this machine's cores).
+Figures are printed; nothing is asserted.
 
     python benchmarks/bench_large_n.py                       # N = 1,000, 2,000, 5,000, 10,000
     python benchmarks/bench_large_n.py --sizes 1000 2000     # a quick run
@@ -31,6 +34,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,66 +80,109 @@ def _layers(x, seed: int = 0):
     return out
 
 
-def one(n: int, mnist: Path | None, exact_max: int) -> dict:
-    """Measure one N (run in its own process)."""
+def _store(path: Path, n: int, mnist: Path | None) -> tuple[Path, list[str]]:
+    """An activation store of one captured step: train probe N, test probe 200."""
     import numpy as np
 
-    from infoplane.core import spectra
-    from infoplane.core.distances import squared_distances
-    from infoplane.core.entropy import renyi_entropy
-    from infoplane.core.kernels import gaussian_gram
-    from infoplane.core.plane import estimate_step, search_step
-    from infoplane.presets import resolve_preset, spectrum_of
+    from infoplane.testing import make_store
 
-    x, y = _inputs(n, mnist)
+    x, y = _inputs(n + 200, mnist)
     acts = _layers(x)
     names = [f"layer{i + 1}" for i in range(len(acts))]
-    preset = {**resolve_preset(None, "paper-alpha1.01")}
-    preset["layer_width"] = {**preset["layer_width"], "smoothing": 0.0}
-    spectrum = spectrum_of(preset)
-    report: dict = {"n": n, "source": "mnist" if mnist else "synthetic"}
+    rows = {"train": slice(0, n), "test": slice(n, n + 200)}
 
-    start = time.perf_counter()
-    d2 = np.stack([squared_distances(a) for a in acts])
-    d2_x = squared_distances(x)
-    report["distances_s"] = time.perf_counter() - start
-    point = {
-        "d2": d2, "d2_x": d2_x, "y": y, "nonfinite": np.zeros(len(acts), bool),
-        "nonfinite_x": np.array(False),
-    }  # fmt: skip
-    start = time.perf_counter()
-    found = search_step(d2, y, point["nonfinite"], names, grid="linear", points=100)
-    report["widths_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    est = estimate_step(
-        point, preset, layers=names, dims=[a.shape[1] for a in acts], dim_x=x.shape[1],
-        sigma=found["sigma_star"], spectrum=spectrum, seed=(0, 0, 0),
+    def data(split: str, step: int) -> dict:
+        at = rows[split]
+        return {
+            "index": np.arange(at.start, at.stop),
+            "x": x[at].astype(np.float32),
+            "y": y[at],
+            "activations": {m: a[at].astype(np.float32) for m, a in zip(names, acts, strict=True)},
+        }
+
+    layers = {m: (a.shape[1],) for m, a in zip(names, acts, strict=True)}
+    store = make_store(
+        path, n={"train": n, "test": 200}, steps=(0,), layers=layers, input_shape=(784,),
+        data=data,
     )  # fmt: skip
-    report["entropies_s"] = time.perf_counter() - start
-    report["randomized"] = bool(est["randomized"])
-    report["step_s"] = report["distances_s"] + report["widths_s"] + report["entropies_s"]
-    report["largest_error_bar"] = float(np.nanmax(est["spectral_error"]))
+    return store, names
 
-    # the dense matrices of the step, one at a time: exact against randomized
-    lanczos = {**spectrum, "method": "lanczos"}
-    gram_x = gaussian_gram(d2_x, est["sigma_x"])
+
+def _estimate(cache: Path, store: Path, preset: dict, client) -> tuple[object, float]:
+    from infoplane.estimate.pipeline import estimate
+
+    start = time.perf_counter()
+    result = estimate(cache, preset, name="bench", store=store, client=client, keep_widths=False)
+    return result, time.perf_counter() - start
+
+
+def one(n: int, mnist: Path | None, exact_max: int, workdir: Path) -> dict:
+    """Measure one N (run in its own process)."""
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    from infoplane.core import spectra
+    from infoplane.core.entropy import renyi_entropy
+    from infoplane.core.kernels import gaussian_gram
+    from infoplane.estimate.distances import compute_distances
+    from infoplane.io import cache as cache_io
+    from infoplane.presets import resolve_preset, spectrum_of
+
+    store, names = _store(workdir / f"n{n}" / "activations.zarr", n, mnist)
+    preset = resolve_preset(None, "paper-alpha1.01")
+    report: dict = {"n": n, "source": "mnist" if mnist else "synthetic"}
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        cache = workdir / f"n{n}" / "distances.zarr"
+        start = time.perf_counter()
+        compute_distances(store, cache, client=client)
+        report["distances_s"] = time.perf_counter() - start
+        report["cache_mb"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 1e6
+        report["storage"] = cache_io.storage_of(str(cache))
+        result, report["estimate_s"] = _estimate(cache, store, preset, client)
+        report["step_s"] = report["distances_s"] + report["estimate_s"]
+        report["randomized"] = "spectral_error" in result
+        if report["randomized"]:
+            report["largest_error_bar"] = float(result["spectral_error"].max())
+        if n <= exact_max:
+            exact_preset = {**preset, "spectrum": {**spectrum_of(preset), "method": "exact"}}
+            exact, report["exact_estimate_s"] = _estimate(cache, store, exact_preset, client)
+            report["exact_step_s"] = report["distances_s"] + report["exact_estimate_s"]
+            report["max_rel_error_result"] = max(
+                float(np.nanmax(np.abs(result[k] - exact[k]) / np.abs(exact[k])))
+                for k in ("H_X", "H_T", "H_XT", "H_TY", "H_Y")
+            )
+    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    # the train split's dense matrices one at a time, exact against randomized, with the
+    # widths the estimate used
+    train = result.sel(split="train").isel(step=0)
+    lanczos = {**spectrum_of(preset), "method": "lanczos"}
+    from infoplane.estimate.distances import load_point
+
+    point = load_point("cache", str(cache), str(store), "train", 0, 0, names)
+    gram_x = gaussian_gram(point["d2_x"], float(train["sigma_x"]))
     dense = [("H_X", lambda: (gram_x, None))]
     for i, name in enumerate(names):
-        dense.append((f"H_T {name}", lambda i=i: (gaussian_gram(d2[i], est["sigma"][i]), None)))
+        sigma = float(train["sigma"].sel(layer=name))
+        dense.append((f"H_T {name}", lambda i=i, s=sigma: (gaussian_gram(point["d2"][i], s), None)))
         dense.append(
-            (f"H_XT {name}", lambda i=i: (gaussian_gram(d2[i], est["sigma"][i]), gram_x))
+            (f"H_XT {name}", lambda i=i, s=sigma: (gaussian_gram(point["d2"][i], s), gram_x))
         )  # fmt: skip
-    report["dense_spectra"] = len(dense)
-    rows = []
-    exact_s = 0.0
+    rows, exact_s, randomized_s = [], 0.0, 0.0
     for k, (label, make) in enumerate(dense):
         if n > exact_max and k > 0:
             break
         gram, other = make()
         start = time.perf_counter()
         got = spectra._randomized(gram, other, ALPHA, lanczos, [0, k])
-        randomized_s = time.perf_counter() - start
+        randomized_s += time.perf_counter() - start
         matrix = gram if other is None else gram * other
+        del gram
         start = time.perf_counter()
         truth = float(renyi_entropy(matrix, ALPHA))
         exact_s += time.perf_counter() - start
@@ -143,52 +190,57 @@ def one(n: int, mnist: Path | None, exact_max: int) -> dict:
         rows.append(
             {
                 "entropy": label, "exact": truth, "randomized": got.value, "bar": got.error,
-                "rel_error": abs(got.value - truth) / truth, "covered": abs(got.value - truth)
-                <= got.error, "randomized_s": randomized_s,
+                "rel_error": abs(got.value - truth) / truth,
+                "covered": bool(abs(got.value - truth) <= got.error),
             }
         )  # fmt: skip
-    if n > exact_max:  # one eigvalsh timed, the others extrapolated
-        report["exact_spectra_s"] = exact_s * len(dense)
+    report["rows"] = rows
+    report["one_exact_s"] = exact_s / len(rows)
+    report["one_randomized_s"] = randomized_s / len(rows)
+    if n > exact_max:  # extrapolate: the randomized step, its spectra replaced by eigvalsh
+        count = len(dense)
+        report["exact_step_s"] = report["step_s"] + count * (
+            report["one_exact_s"] - report["one_randomized_s"]
+        )
         report["exact_extrapolated"] = True
+        report["rows"] = []
     else:
-        report["exact_spectra_s"] = exact_s
         report["exact_extrapolated"] = False
-        report["rows"] = rows
-    # the exact step: the same distances, widths and Grams, every dense spectrum by eigvalsh
-    # (H_Y and H_TY are exact per class block in both)
-    randomized_s = sum(r["randomized_s"] for r in rows) * len(dense) / len(rows)
-    report["exact_step_s"] = report["step_s"] - min(randomized_s, report["entropies_s"])
-    report["exact_step_s"] += report["exact_spectra_s"]
-    if not report["randomized"]:
-        report["exact_step_s"] = report["step_s"]
-    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return report
 
 
 def _print(reports: list[dict]) -> None:
     print(
-        f"{'N':>6} {'spectra':>10} {'distances':>9} {'widths':>8} {'entropies':>9} "
-        f"{'step':>8} {'exact step':>11} {'speed-up':>8} {'max rel err':>11} "
-        f"{'covered':>8} {'peak GB':>7}"
+        f"{'N':>6} {'spectra':>10} {'cache MB':>8} {'distances':>9} {'estimate':>8} "
+        f"{'step s':>7} {'exact step':>10} {'speed-up':>8} {'one eig':>7} {'one SLQ':>7} "
+        f"{'max rel err':>11} {'covered':>8} {'peak GB':>7}"
     )
     for r in reports:
-        errs = [row["rel_error"] for row in r.get("rows", [])]
-        cover = [row["covered"] for row in r.get("rows", [])]
+        errs = [row["rel_error"] for row in r["rows"]]
+        cover = [row["covered"] for row in r["rows"]]
         exact = f"{r['exact_step_s']:.1f}" + ("*" if r["exact_extrapolated"] else "")
+        accuracy = f"{max(errs):>11.2e} {sum(cover):>3}/{len(cover):<4}" if errs else f"{'-':>20}"
         print(
             f"{r['n']:>6} {'randomized' if r['randomized'] else 'exact':>10} "
-            f"{r['distances_s']:>9.1f} {r['widths_s']:>8.1f} {r['entropies_s']:>9.1f} "
-            f"{r['step_s']:>8.1f} {exact:>11} {r['exact_step_s'] / r['step_s']:>7.1f}x "
-            + (
-                f"{max(errs):>11.2e} {sum(cover):>3}/{len(cover):<4}"
-                if errs
-                else f"{'-':>11} {'-':>8}"
-            )
-            + f" {r['peak_rss_gb']:>7.2f}"
+            f"{r['cache_mb']:>8.0f} {r['distances_s']:>9.1f} {r['estimate_s']:>8.1f} "
+            f"{r['step_s']:>7.1f} {exact:>10} {r['exact_step_s'] / r['step_s']:>7.1f}x "
+            f"{r['one_exact_s']:>7.1f} {r['one_randomized_s']:>7.1f} {accuracy} "
+            f"{r['peak_rss_gb']:>7.2f}"
         )
-    print("* extrapolated: one N×N eigvalsh timed, times the step's dense spectra (2L + 1)")
+    print(
+        "* extrapolated: the step with its 2L + 1 dense spectra each replaced by one timed "
+        "N×N eigvalsh"
+    )
     for r in reports:
-        for row in r.get("rows", []):
+        if "max_rel_error_result" in r:
+            print(
+                f"  N={r['n']}: largest relative difference of any entropy of the result from "
+                f"the exact estimate {r['max_rel_error_result']:.1e}; storage {r['storage']}"
+            )
+        else:
+            print(f"  N={r['n']}: storage {r['storage']}")
+    for r in reports:
+        for row in r["rows"]:
             print(
                 f"  N={r['n']:<6} {row['entropy']:<14} exact {row['exact']:8.4f}  randomized "
                 f"{row['randomized']:8.4f} ± {row['bar']:.4f}  rel err {row['rel_error']:.1e}"
@@ -202,11 +254,12 @@ def main() -> None:
     parser.add_argument("--exact-max", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: a temp dir)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     mnist = args.mnist if (args.mnist / "t10k-images-idx3-ubyte.gz").is_file() else None
     if args.one:
-        print(json.dumps(one(args.one, mnist, args.exact_max)))
+        print(json.dumps(one(args.one, mnist, args.exact_max, args.workdir)))
         return
     env = {
         **os.environ,
@@ -221,6 +274,7 @@ def main() -> None:
         f"inputs: {'MNIST test set' if mnist else 'synthetic mixture'}"
     )
     reports = []
+    scratch = tempfile.TemporaryDirectory(dir=args.workdir)
     for n in args.sizes:
         cmd = [
             sys.executable,
@@ -231,6 +285,8 @@ def main() -> None:
             str(args.exact_max),
             "--mnist",
             str(args.mnist),
+            "--workdir",
+            scratch.name,
         ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         reports.append(json.loads(done.stdout.strip().splitlines()[-1]))

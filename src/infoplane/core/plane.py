@@ -164,6 +164,7 @@ def _each_layer_gram(
             failures.append((layer, "no width (width search failed at this point)"))
             continue
         yield i, gram
+        del gram  # the consumer holds the only reference: the next Gram replaces it
 
 
 def _information_plane(
