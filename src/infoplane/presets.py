@@ -13,6 +13,11 @@ A preset names its ``estimator`` (default ``matrix``) and that estimator's param
 - ``kde`` (the pairwise-distance bounds of Kolchinsky & Tracey, as used by Saxe et al.):
   ``noise_variance`` (default 0.1); see :mod:`infoplane.core.kde`.
 
+A matrix preset may ask for an interval per point, ``uncertainty: {resamples: 50, level: 0.9,
+seed: 0, method: subsample}`` (see :mod:`infoplane.core.resample`). ``resamples: 0`` (the
+default) is off, and an uncertainty that is off is dropped from the resolved mapping, so that a
+preset resolves to the same mapping (and canonical JSON, and results) with or without it.
+
 The resolved mapping is the one stored in a result's attributes, so it must re-create the
 estimate exactly.
 
@@ -42,6 +47,7 @@ LAYER_RULES = ("alignment", "fixed", "silverman", "scott", "median")
 CHANNEL_RULES = ("fixed", "silverman", "scott", "median")
 GRIDS = ("linear", "log")
 SMOOTHING_UNITS = ("iteration", "capture")
+INTERVAL_METHODS = ("subsample", "bootstrap")  # infoplane.core.resample.METHODS
 
 # Defaults are the paper's estimator (PAPER_NOTES §2.3 and §3.2).
 DEFAULT_ALPHA = 1.0
@@ -58,6 +64,12 @@ DEFAULT_CHANNEL_WIDTH: dict[str, Any] = {"rule": "silverman"}
 DEFAULT_BINS = 30
 DEFAULT_BIN_RANGE = [-1.0, 1.0]
 DEFAULT_NOISE_VARIANCE = 0.1
+DEFAULT_UNCERTAINTY: dict[str, Any] = {
+    "resamples": 0,
+    "level": 0.9,
+    "seed": 0,
+    "method": "subsample",
+}
 
 _PAPER: dict[str, Any] = {
     "kernel": "tensor",
@@ -113,6 +125,7 @@ _TOP_KEYS = (
     "label_kernel",
     "layer_width",
     "channel_width",
+    "uncertainty",
 )
 _BINNING_KEYS = ("estimator", "bins", "range")
 _KDE_KEYS = ("estimator", "noise_variance")
@@ -199,6 +212,48 @@ def _width_rule(
     return {"rule": rule}
 
 
+def _count(name: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(name, key, f"must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _uncertainty(name: str, value: Any) -> dict[str, Any] | None:
+    """Validate ``uncertainty`` and fill its defaults; None when it is off (``resamples: 0``)."""
+    if not isinstance(value, Mapping):
+        raise _fail(name, "uncertainty", f"must be a mapping like {{resamples: 50}}, got {value!r}")
+    _check_keys(name, "uncertainty", value, tuple(DEFAULT_UNCERTAINTY))
+    spec = {**DEFAULT_UNCERTAINTY, **value}
+    resamples = _count(name, "uncertainty.resamples", spec["resamples"], 0)
+    if resamples == 0:
+        return None
+    if resamples == 1:
+        raise _fail(name, "uncertainty.resamples", "must be 0 (off) or >= 2, got 1")
+    level = _number(name, "uncertainty.level", spec["level"])
+    if not 0.0 < level < 1.0:
+        raise _fail(name, "uncertainty.level", f"must lie in (0, 1), e.g. 0.9; got {level!r}")
+    return {
+        "resamples": resamples,
+        "level": level,
+        "seed": _count(name, "uncertainty.seed", spec["seed"], 0),
+        "method": _choice(name, "uncertainty.method", spec["method"], INTERVAL_METHODS),
+    }
+
+
+def _no_uncertainty(name: str, estimator: str, preset: Mapping[str, Any]) -> dict[str, Any]:
+    """``preset`` without an uncertainty that is off; an error if one is asked of ``estimator``."""
+    if "uncertainty" not in preset:
+        return dict(preset)
+    if _uncertainty(name, preset["uncertainty"]) is not None:
+        raise _fail(
+            name,
+            "uncertainty",
+            f"is only computed by the matrix estimator, not by {estimator}; remove it or set "
+            "resamples: 0",
+        )
+    return {key: value for key, value in preset.items() if key != "uncertainty"}
+
+
 def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[str, Any]:
     """Validate one preset mapping and return it with every default filled.
 
@@ -218,9 +273,9 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
         raise ConfigError(f"estimator preset {name!r} must be a mapping, got {preset!r}")
     estimator = _choice(name, "estimator", preset.get("estimator", "matrix"), ESTIMATORS)
     if estimator == "binning":
-        return _binning_preset(name, preset)
+        return _binning_preset(name, _no_uncertainty(name, estimator, preset))
     if estimator == "kde":
-        return _kde_preset(name, preset)
+        return _kde_preset(name, _no_uncertainty(name, estimator, preset))
     _check_keys(name, "(top level)", preset, _TOP_KEYS)
     kernel = _choice(name, "kernel", preset.get("kernel", "tensor"), KERNELS)
     resolved: dict[str, Any] = {
@@ -250,7 +305,16 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
         resolved["channel_width"] = _width_rule(
             name, "channel_width", preset.get("channel_width"), CHANNEL_RULES, DEFAULT_CHANNEL_WIDTH
         )
+    if "uncertainty" in preset:
+        uncertainty = _uncertainty(name, preset["uncertainty"])
+        if uncertainty is not None:
+            resolved["uncertainty"] = uncertainty
     return resolved
+
+
+def uncertainty_of(preset: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The resolved ``uncertainty`` of a preset, or None when it asks for no intervals."""
+    return preset.get("uncertainty")
 
 
 def _binning_preset(name: str, preset: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import numpy as np
 
 from infoplane.core import binning, kde
 from infoplane.core.plane import LAYER_KEYS, STEP_KEYS, estimate_step, search_step
+from infoplane.core.resample import interval_keys, step_intervals
 from infoplane.core.widths import smooth_along_steps
 from infoplane.errors import StoreError, warn_nan_points
 from infoplane.estimate.cluster import client_or, run_batched
@@ -50,7 +51,13 @@ from infoplane.io.cache import AlignmentWidths
 from infoplane.io.files import exclusive
 from infoplane.io.results import build_result, write_result
 from infoplane.io.store import PROVENANCE_KEYS, read_store_plan
-from infoplane.presets import estimator_of, needs_activations, preset_to_json, validate_preset
+from infoplane.presets import (
+    estimator_of,
+    needs_activations,
+    preset_to_json,
+    uncertainty_of,
+    validate_preset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +196,15 @@ def estimate_step_task(
     store_index: int | None,
     preset: Mapping[str, Any],
     sigma: np.ndarray | None = None,
+    step: int = 0,
 ) -> dict[str, Any]:
     """Task: entropies, MI and diagnostics of every layer at one (split, step).
 
     ``sigma`` (L,) gives the layer widths (smoothed alignment); None computes them here. The
     preset's estimator picks the math: :mod:`infoplane.core.plane` (matrix),
     :mod:`infoplane.core.binning` (from the activations) or :mod:`infoplane.core.kde` (from the
-    distances).
+    distances). A preset with an ``uncertainty`` adds the intervals of
+    :func:`infoplane.core.resample.step_intervals`, seeded by ``step`` (the training step).
     """
     estimator = estimator_of(preset)
     if estimator == "binning":
@@ -213,10 +222,17 @@ def estimate_step_task(
     def channel_d2(i: int) -> np.ndarray:
         return channel_distances(source.store, split, store_index, source.layers[i])
 
-    return estimate_step(
+    plain = estimate_step(
         data, preset, layers=source.layers, dims=source.dims, dim_x=source.dim_x, sigma=sigma,
         channel_d2=channel_d2 if multivariate else None,
     )  # fmt: skip
+    if uncertainty_of(preset) is None:
+        return plain
+    bounds = step_intervals(
+        data, preset, plain, split=split, step=step, dims=source.dims,
+        channel_d2=channel_d2 if multivariate else None,
+    )  # fmt: skip
+    return {**plain, **bounds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +397,15 @@ def _estimate(
                 ]
         sigmas = None if widths is None else _layer_widths(widths, split_steps, rule)
         calls = [
-            (src, split, int(at.index[k]), _at(at.store_index, k), preset, _at(sigmas, split, k))
+            (
+                src,
+                split,
+                int(at.index[k]),
+                _at(at.store_index, k),
+                preset,
+                _at(sigmas, split, k),
+                int(at.steps[k]),
+            )
             for split, k in where
             for at in [split_steps[split]]
         ]
@@ -489,7 +513,22 @@ def result_keys(preset: Mapping[str, Any]) -> tuple[str, ...]:
         return binning.LAYER_KEYS + binning.STEP_KEYS
     if estimator == "kde":
         return kde.LAYER_KEYS + kde.STEP_KEYS
+    if uncertainty_of(preset) is not None:
+        return LAYER_KEYS + STEP_KEYS + interval_keys()
     return LAYER_KEYS + STEP_KEYS
+
+
+def _interval_attrs(preset: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``interval_*`` attributes of a result with intervals (none without)."""
+    spec = uncertainty_of(preset)
+    if spec is None:
+        return {}
+    return {
+        "interval_level": spec["level"],
+        "interval_resamples": spec["resamples"],
+        "interval_seed": spec["seed"],
+        "interval_method": spec["method"],
+    }
 
 
 def _assemble(
@@ -517,6 +556,7 @@ def _assemble(
             "source": src.path,
             "store": src.store or attrs.get("store") or "",
             "store_attrs_sha256": attrs.get("store_attrs_sha256") or "",
+            **_interval_attrs(preset),
         },
         provenance={key: attrs.get(key) for key in PROVENANCE_KEYS},
     )

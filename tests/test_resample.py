@@ -1,0 +1,192 @@
+"""Per-point intervals from resampling the probe: coverage, seeding, presets and results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infoplane.core.distances import squared_distances
+from infoplane.core.entropy import information_plane
+from infoplane.core.kernels import gaussian_gram, label_gram
+from infoplane.core.resample import (
+    INTERVAL_LAYER_KEYS,
+    INTERVAL_STEP_KEYS,
+    interval_keys,
+    plane_intervals,
+    point_rng,
+    resample_indices,
+)
+from infoplane.errors import ConfigError
+from infoplane.presets import preset_to_json, resolve_preset, validate_preset
+
+UNCERTAIN = {"resamples": 8, "level": 0.9, "seed": 3}
+
+
+def _pool(rng: np.random.Generator, size: int = 4000):
+    """A 4-class Gaussian mixture X (size, 5) with one tanh layer T (size, 3)."""
+    y = rng.integers(0, 4, size)
+    x = rng.normal(0.0, 1.5, (4, 5))[y] + rng.normal(size=(size, 5))
+    t = np.tanh(x @ rng.normal(0.0, 0.4, (5, 3)))
+    return x, t, y
+
+
+def _grams(pool, rows):
+    x, t, y = pool
+    gram_x = gaussian_gram(squared_distances(x[rows]), 4.0)
+    gram_t = gaussian_gram(squared_distances(t[rows]), 1.5)[None]
+    return gram_x, gram_t, label_gram(y[rows])
+
+
+def test_subsample_intervals_cover_the_mean_estimate_of_fresh_probes():
+    """The 90 % interval of one probe contains the mean over fresh probes of the same N."""
+    rng = np.random.default_rng(7)
+    pool, n, draws = _pool(rng), 40, 240
+    keys = ("H_X", "H_T", "H_XT", "I_XT", "I_TY")
+    planes = [information_plane(*_grams(pool, rng.choice(4000, n, False))) for _ in range(600)]
+    truth = {key: np.mean([np.asarray(p[key]).ravel()[0] for p in planes]) for key in keys}
+    hits = dict.fromkeys(keys, 0)
+    for _ in range(draws):
+        grams = _grams(pool, rng.choice(4000, n, False))
+        plane = information_plane(*grams)
+        bounds = plane_intervals(*grams, 1.0, plane, resamples=30, level=0.9, rng=rng)
+        for key in keys:
+            lo, hi = np.ravel(bounds[f"{key}_lo"])[0], np.ravel(bounds[f"{key}_hi"])[0]
+            hits[key] += bool(lo <= truth[key] <= hi)
+    coverage = {key: count / draws for key, count in hits.items()}
+    # 90 % ± 4 Monte Carlo standard errors (0.02 at 240 draws) and the method's own slack
+    assert all(0.78 <= c <= 0.99 for c in coverage.values()), coverage
+
+
+def test_bootstrap_resamples_repeat_samples_and_subsamples_do_not():
+    rng = np.random.default_rng(0)
+    boot = resample_indices(30, 20, rng, method="bootstrap")
+    sub = resample_indices(30, 20, rng, method="subsample")
+    assert boot.shape == (20, 30) and sub.shape == (20, 15)
+    assert any(len(set(row)) < 30 for row in boot)
+    assert all(len(set(row)) == 15 for row in sub)
+
+
+def test_a_point_generator_depends_on_seed_split_and_step_only():
+    draw = [point_rng(0, "train", 10).integers(1 << 30) for _ in range(2)]
+    assert draw[0] == draw[1]
+    others = {point_rng(*key).integers(1 << 30) for key in [(1, "train", 10), (0, "test", 10)]}
+    others.add(point_rng(0, "train", 20).integers(1 << 30))
+    assert draw[0] not in others and len(others) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# presets
+
+
+def test_an_uncertainty_that_is_off_leaves_the_resolved_preset_unchanged():
+    paper = resolve_preset(None, "paper")
+    off = validate_preset({**paper, "uncertainty": {"resamples": 0, "level": 0.5}})
+    assert off == paper and preset_to_json(off) == preset_to_json(paper)
+    binning = resolve_preset(None, "binning")
+    assert validate_preset({**binning, "uncertainty": {"resamples": 0}}) == binning
+
+
+def test_an_uncertainty_is_resolved_with_its_defaults():
+    on = validate_preset({"uncertainty": {"resamples": 20}})
+    assert on["uncertainty"] == {"resamples": 20, "level": 0.9, "seed": 0, "method": "subsample"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"resamples": -1}, "uncertainty.resamples must be an integer >= 0"),
+        ({"resamples": 1}, "must be 0 (off) or >= 2"),
+        ({"resamples": 2.5}, "uncertainty.resamples must be an integer"),
+        ({"resamples": 5, "level": 90}, "uncertainty.level must lie in (0, 1)"),
+        ({"resamples": 5, "seed": -2}, "uncertainty.seed must be an integer >= 0"),
+        ({"resamples": 5, "method": "magic"}, "uncertainty.method must be one of"),
+        ({"resamples": 5, "quantiles": 3}, "unknown key(s) quantiles"),
+        (50, "uncertainty must be a mapping"),
+    ],
+)
+def test_bad_uncertainty_is_rejected_with_the_key(spec, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        validate_preset({"uncertainty": spec}, "mine")
+    assert message in str(info.value) and "'mine'" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["binning", "kde"])
+def test_the_classic_estimators_refuse_an_uncertainty(name):
+    preset = {**resolve_preset(None, name), "uncertainty": {"resamples": 10}}
+    with pytest.raises(ConfigError, match="only computed by the matrix estimator"):
+        validate_preset(preset, name)
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+def _plain(result):
+    keys = [key for key in result.data_vars if not key.endswith(("_lo", "_hi"))]
+    return result[keys]
+
+
+def test_intervals_are_stored_and_the_plain_variables_are_unchanged(run_dir, client):
+    from infoplane.estimate.pipeline import estimate
+
+    cache = run_dir / "distances.zarr"
+    paper = resolve_preset(None, "paper")
+    plain = estimate(cache, paper, name="paper", client=client)
+    uncertain = {**paper, "uncertainty": UNCERTAIN}
+    with_bounds = estimate(cache, uncertain, name="paper-ci", client=client)
+    assert not any(key.endswith(("_lo", "_hi")) for key in plain.data_vars)
+    assert not any(key.startswith("interval_") for key in plain.attrs)
+    assert set(interval_keys()) <= set(with_bounds.data_vars)
+    for key in interval_keys():
+        name = key.rsplit("_", 1)[0]
+        assert with_bounds[key].dims == with_bounds[name].dims
+    assert with_bounds.attrs["interval_level"] == 0.9
+    assert with_bounds.attrs["interval_resamples"] == 8
+    assert with_bounds.attrs["interval_seed"] == 3
+    assert with_bounds.attrs["interval_method"] == "subsample"
+    for key in plain.data_vars:  # byte-identical, not merely close
+        assert plain[key].values.tobytes() == with_bounds[key].values.tobytes(), key
+    for key in INTERVAL_LAYER_KEYS + INTERVAL_STEP_KEYS:
+        value, lo, hi = (with_bounds[k].values for k in (key, f"{key}_lo", f"{key}_hi"))
+        assert np.isfinite(lo).all() and (lo <= value).all() and (value <= hi).all(), key
+    assert (with_bounds["H_T_hi"] > with_bounds["H_T_lo"]).any()
+
+
+def test_intervals_are_reproducible_per_point_and_change_with_the_seed(run_dir, client):
+    from infoplane.estimate.pipeline import estimate
+
+    cache = run_dir / "distances.zarr"
+    preset = {**resolve_preset(None, "fixed-example"), "uncertainty": UNCERTAIN}
+    both = estimate(cache, preset, name="a", client=client)
+    # a point's interval does not depend on which other points are estimated with it
+    train = estimate(cache, preset, name="a", client=client, splits=["train"])
+    for key in interval_keys():
+        np.testing.assert_array_equal(both[key].sel(split="train"), train[key].sel(split="train"))
+    other = {**preset, "uncertainty": {**UNCERTAIN, "seed": 4}}
+    reseeded = estimate(cache, other, name="a", client=client, splits=["train"])
+    assert not np.array_equal(train["I_XT_lo"], reseeded["I_XT_lo"])
+    np.testing.assert_array_equal(train["I_XT"], reseeded["I_XT"])
+
+
+def test_stacking_keeps_the_intervals_and_their_attributes(tmp_path, client):
+    from infoplane.estimate.pipeline import estimate
+    from infoplane.io.results import INTERVAL_ATTRS, stack_runs
+    from infoplane.testing import make_store
+
+    preset = {**resolve_preset(None, "fixed-example"), "uncertainty": UNCERTAIN}
+    results = [
+        estimate(
+            make_store(tmp_path / f"{run}.zarr", steps=(0, 10), n=8, run=run, seed=k),
+            preset,
+            name="f",
+            client=client,
+        )
+        for k, run in enumerate(("r0", "r1"))
+    ]
+    stacked = stack_runs(results)
+    assert {key: stacked.attrs[key] for key in INTERVAL_ATTRS} == {
+        key: results[0].attrs[key] for key in INTERVAL_ATTRS
+    }
+    for key in interval_keys():
+        assert stacked[key].dims[0] == "run"
+        np.testing.assert_array_equal(stacked[key].sel(run="r1"), results[1][key])
