@@ -190,3 +190,67 @@ def test_stacking_keeps_the_intervals_and_their_attributes(tmp_path, client):
     for key in interval_keys():
         assert stacked[key].dims[0] == "run"
         np.testing.assert_array_equal(stacked[key].sel(run="r1"), results[1][key])
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _with_bounds(result, half_width: float):
+    """``result`` with intervals ± ``half_width`` around every quantity and their attributes."""
+    bounded = result.copy()
+    for key in INTERVAL_LAYER_KEYS + INTERVAL_STEP_KEYS:
+        bounded[f"{key}_lo"] = result[key] - half_width
+        bounded[f"{key}_hi"] = result[key] + half_width
+    bounded.attrs.update(
+        interval_level=0.9, interval_resamples=8, interval_seed=0, interval_method="subsample"
+    )
+    return bounded
+
+
+def test_mi_epoch_figure_draws_the_bounds_as_dotted_lines():
+    from infoplane.report import plots
+    from infoplane.testing import make_result
+
+    plain = make_result(n_steps=4)
+    bounded = _with_bounds(plain, 0.25)
+    dotted = lambda fig: [  # noqa: E731
+        line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == ":"
+    ]
+    assert dotted(plots.mi_epoch_figure(plain)) == []
+    fig = plots.mi_epoch_figure(bounded)
+    lines = dotted(fig)
+    assert len(lines) == 2 * 2 * 2 * 2  # lo and hi, 2 layers, 2 rows, 2 splits
+    expected = {float(plain["I_XT"].values.flat[0]) + d for d in (-0.25, 0.25)}
+    expected |= {float(plain["I_TY"].values.flat[0]) + d for d in (-0.25, 0.25)}
+    assert sorted({round(float(line.get_ydata()[0]), 9) for line in lines}) == sorted(expected)
+    assert any("90% interval" in text.get_text() for text in fig.texts)
+
+
+def test_information_plane_layers_draws_interval_crosses():
+    from infoplane.report import plots
+    from infoplane.testing import make_result
+
+    plain = make_result(n_steps=4)
+    bounded = _with_bounds(plain, 0.25)
+    assert not any(
+        "interval" in t.get_text() for t in plots.information_plane_layers(plain, "train").texts
+    )
+    fig = plots.information_plane_layers(bounded, "train")
+    panel = fig.axes[1]  # layer 1 (after the overview)
+    crosses = [c for c in panel.collections if type(c).__name__ == "LineCollection"]
+    segments = np.concatenate([c.get_segments() for c in crosses])
+    lengths = np.ptp(segments[:, :, 0], axis=1) + np.ptp(segments[:, :, 1], axis=1)
+    assert np.isclose(lengths, 0.5).sum() == 2 * 4  # an x and a y bar at each of the 4 steps
+
+
+def test_check_reports_a_value_outside_its_interval():
+    from infoplane.report.checks import check_result
+    from infoplane.testing import make_result
+
+    bounded = _with_bounds(make_result(n_steps=2), 0.1)
+    assert check_result(bounded) == []
+    bounded["H_T_lo"][0, 1, 0] = 1.5  # above H_T = 1 at train, step 10, layer a
+    (violation,) = check_result(bounded)
+    assert violation.invariant == "H_T >= H_T_lo"
+    assert violation.where == {"split": "train", "step": 10, "layer": "a"}
