@@ -34,6 +34,7 @@ from infoplane.core.distances import squared_distances
 from infoplane.core.entropy import information_plane
 from infoplane.core.kernels import gaussian_gram, label_gram
 from infoplane.core.resample import (
+    DEFAULT_FRACTION,
     INTERVAL_LAYER_KEYS,
     INTERVAL_STEP_KEYS,
     METHODS,
@@ -88,7 +89,7 @@ def probe_grams(pool, widths, rows):
     return gram_x, gram_t, label_gram(y[rows])
 
 
-def study(pool, *, n, draws, truth_draws, resamples, level, methods, seed) -> dict:
+def study(pool, *, n, draws, truth_draws, resamples, level, methods, seed, fraction) -> dict:
     """Coverage per method and quantity, with the truths and the mean interval widths."""
     rng = np.random.default_rng(seed)
     widths = [scale_width(v, rng) for v in (pool[0], *pool[1])]
@@ -109,7 +110,7 @@ def study(pool, *, n, draws, truth_draws, resamples, level, methods, seed) -> di
         for method in methods:
             bounds = plane_intervals(
                 *grams, 1.0, plane, resamples=resamples, level=level,
-                rng=np.random.default_rng(rng.integers(2**32)), method=method,
+                rng=np.random.default_rng(rng.integers(2**32)), method=method, fraction=fraction,
             )  # fmt: skip
             for key in keys:
                 lo, hi = bounds[f"{key}_lo"], bounds[f"{key}_hi"]
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--level", type=float, default=0.9)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fraction", type=float, default=DEFAULT_FRACTION, help="subsample size / N"
+    )
     parser.add_argument("--quick", action="store_true", help="60 draws, 200 truth draws")
     args = parser.parse_args()
     if args.quick:
@@ -169,8 +173,10 @@ def main() -> None:
             found = study(
                 pool, n=n, draws=args.draws, truth_draws=args.truth_draws,
                 resamples=args.resamples, level=args.level, methods=args.methods, seed=args.seed,
+                fraction=args.fraction,
             )  # fmt: skip
-            print_table(f"{name}, N = {n}, B = {args.resamples}", found, draws=args.draws,
+            title = f"{name}, N = {n}, B = {args.resamples}, subsample fraction {args.fraction}"
+            print_table(title, found, draws=args.draws,
                         level=args.level)  # fmt: skip
             print(f"({time.perf_counter() - start:.0f} s)")
 
