@@ -168,6 +168,21 @@ def test_intervals_are_reproducible_per_point_and_change_with_the_seed(run_dir, 
     np.testing.assert_array_equal(train["I_XT"], reseeded["I_XT"])
 
 
+def test_multivariate_intervals_with_one_shared_width_are_the_tensor_kernels(run_dir, client):
+    """The intervals rebuild each kernel's Grams with the widths of its plain estimate."""
+    from infoplane.estimate.pipeline import estimate
+
+    cache = run_dir / "distances.zarr"
+    shared = {"rule": "fixed", "sigma": 3.0}
+    tensor = {"kernel": "tensor", "layer_width": shared, "uncertainty": UNCERTAIN}
+    channels = {"kernel": "multivariate", "channel_width": shared, "uncertainty": UNCERTAIN}
+    a = estimate(cache, tensor, name="t", client=client, splits=["test"])
+    b = estimate(cache, channels, name="m", client=client, splits=["test"])
+    for key in interval_keys():
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-10)
+    assert (a["H_T_hi"] - a["H_T_lo"] > 1e-3).all()
+
+
 def test_stacking_keeps_the_intervals_and_their_attributes(tmp_path, client):
     from infoplane.estimate.pipeline import estimate
     from infoplane.io.results import INTERVAL_ATTRS, stack_runs
