@@ -40,20 +40,20 @@ def _grams(pool, rows):
 def test_subsample_intervals_cover_the_mean_estimate_of_fresh_probes():
     """The 90 % interval of one probe contains the mean over fresh probes of the same N."""
     rng = np.random.default_rng(7)
-    pool, n, draws = _pool(rng), 40, 240
+    pool, n, draws = _pool(rng), 40, 160
     keys = ("H_X", "H_T", "H_XT", "I_XT", "I_TY")
-    planes = [information_plane(*_grams(pool, rng.choice(4000, n, False))) for _ in range(600)]
+    planes = [information_plane(*_grams(pool, rng.choice(4000, n, False))) for _ in range(400)]
     truth = {key: np.mean([np.asarray(p[key]).ravel()[0] for p in planes]) for key in keys}
     hits = dict.fromkeys(keys, 0)
     for _ in range(draws):
         grams = _grams(pool, rng.choice(4000, n, False))
         plane = information_plane(*grams)
-        bounds = plane_intervals(*grams, 1.0, plane, resamples=30, level=0.9, rng=rng)
+        bounds = plane_intervals(*grams, 1.0, plane, resamples=20, level=0.9, rng=rng)
         for key in keys:
             lo, hi = np.ravel(bounds[f"{key}_lo"])[0], np.ravel(bounds[f"{key}_hi"])[0]
             hits[key] += bool(lo <= truth[key] <= hi)
     coverage = {key: count / draws for key, count in hits.items()}
-    # 90 % ± 4 Monte Carlo standard errors (0.02 at 240 draws) and the method's own slack
+    # 90 % ± 4 Monte Carlo standard errors (0.024 at 160 draws) and the method's own slack
     assert all(0.78 <= c <= 0.99 for c in coverage.values()), coverage
 
 
@@ -61,9 +61,9 @@ def test_bootstrap_resamples_repeat_samples_and_subsamples_do_not():
     rng = np.random.default_rng(0)
     boot = resample_indices(30, 20, rng, method="bootstrap")
     sub = resample_indices(30, 20, rng, method="subsample")
-    assert boot.shape == (20, 30) and sub.shape == (20, 15)
+    assert boot.shape == (20, 30) and sub.shape == (20, 27)
     assert any(len(set(row)) < 30 for row in boot)
-    assert all(len(set(row)) == 15 for row in sub)
+    assert all(len(set(row)) == 27 for row in sub)
 
 
 def test_a_point_generator_depends_on_seed_split_and_step_only():

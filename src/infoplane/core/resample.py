@@ -10,11 +10,14 @@ what an interval must contain is the mean of the same estimate over fresh probes
 Two methods:
 
 ``subsample`` (the default; the delete-d jackknife)
-    B subsets of m = ``fraction``·N distinct samples, drawn without replacement. Their spread,
-    rescaled by m / (N − m), estimates the variance of the size-N estimate (for the mean of N
-    numbers it is exact); the interval is ``estimate ± z·sd``, z the normal quantile of the level.
-    Only the spread of the subsets is used, so that their own estimates are biased (they are of
-    size m, not N) does not matter.
+    B subsets of m = ``fraction``·N distinct samples (0.9 N by default), drawn without
+    replacement. Their spread, rescaled by m / (N − m), estimates the variance of the size-N
+    estimate (for the mean of N numbers it is exact); the interval is ``estimate ± z·sd``, z the
+    normal quantile of the level. Only the spread of the subsets is used, so that their own
+    estimates are biased (they are of size m, not N) does not matter. Subsets close to N matter
+    near saturation: half-size subsets (m = N/2) sit closer to their own ceiling log2 m, spread
+    less, and their 90 % intervals of the joint entropies held the truth in only 78-80 % of
+    draws, against 87-93 % with m = 0.9 N.
 ``bootstrap``
     B resamples of N samples with replacement and the basic (reverse-percentile) interval
     ``[2·estimate − q_hi, 2·estimate − q_lo]``. A duplicated sample is a duplicated row of the
@@ -22,8 +25,11 @@ Two methods:
     that shift, but its spread is still that of the shifted estimates.
 
 ``benchmarks/coverage_intervals.py`` measures how often each method's interval contains the
-mean over fresh probes, per quantity, on synthetic pools and on MNIST; its table is quoted in
-``docs/uncertainty.md``, and it is why ``subsample`` is the default.
+mean over fresh probes, per quantity, on a synthetic pool and on MNIST; its tables are quoted in
+``docs/uncertainty.md``. They are why ``subsample`` with m = 0.9 N is the method: the bootstrap's
+basic intervals held the truth in 0-75 % of draws. Where it fails: H(Y) of balanced classes
+(and I(T;Y) of a layer that carries little of Y), whose fluctuation is of second order, gets an
+interval that is too wide (96-98 % coverage).
 
 Every point draws from its own generator, seeded by the preset's seed mixed with the split and
 the step (:func:`point_rng`), so its intervals do not depend on the order the points run in.
@@ -63,7 +69,7 @@ INTERVAL_LAYER_KEYS = ("I_XT", "I_TY", "H_T", "H_XT", "H_TY")
 #: Per-point quantities that get an interval (floats).
 INTERVAL_STEP_KEYS = ("H_X", "H_Y")
 #: Share of the N samples in one subset of the ``subsample`` method.
-DEFAULT_FRACTION = 0.5
+DEFAULT_FRACTION = 0.9
 
 
 def interval_keys() -> tuple[str, ...]:

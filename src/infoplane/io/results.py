@@ -38,7 +38,8 @@ the probe samples of each point, given the point's widths)::
                                 the plain value is NaN)
     dims (split, step):         H_X_lo, H_X_hi, H_Y_lo, H_Y_hi
     attributes:                 interval_level (e.g. 0.9), interval_resamples, interval_seed,
-                                interval_method (subsample | bootstrap)
+                                interval_method (subsample: subsets of 0.9 N distinct
+                                samples, interval estimate ± z·sd)
 
 The plain variables are the same, to the byte, with and without the intervals.
 
