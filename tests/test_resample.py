@@ -183,6 +183,22 @@ def test_multivariate_intervals_with_one_shared_width_are_the_tensor_kernels(run
     assert (a["H_T_hi"] - a["H_T_lo"] > 1e-3).all()
 
 
+def test_a_nan_point_has_nan_bounds_and_costs_only_itself(tmp_path, client):
+    from infoplane.errors import NaNPointWarning
+    from infoplane.estimate.pipeline import estimate
+    from infoplane.testing import make_store
+
+    store = make_store(tmp_path / "s.zarr", steps=(0, 10), n=9, nan_points=[("test", 10, "fc")])
+    preset = {**resolve_preset(None, "fixed-example"), "uncertainty": UNCERTAIN}
+    with pytest.warns(NaNPointWarning):
+        result = estimate(store, preset, name="f", client=client)
+    for key in INTERVAL_LAYER_KEYS:
+        for end in ("lo", "hi"):
+            bound = result[f"{key}_{end}"]
+            np.testing.assert_array_equal(bound.isnull(), result[key].isnull())
+            assert bool(bound.isnull().sel(split="test", step=10, layer="fc"))
+
+
 def test_stacking_keeps_the_intervals_and_their_attributes(tmp_path, client):
     from infoplane.estimate.pipeline import estimate
     from infoplane.io.results import INTERVAL_ATTRS, stack_runs
