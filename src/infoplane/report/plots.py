@@ -540,15 +540,12 @@ def _interval_note(fig: Figure, mi: xr.Dataset, drawn_as: str) -> None:
     level = float(mi.attrs.get("interval_level", float("nan")))
     method = mi.attrs.get("interval_method", "?")
     resamples = mi.attrs.get("interval_resamples", "?")
-    fig.text(
-        0.01,
-        0.005,
+    # a figure-level x label: the constrained layout keeps room for it under the panels
+    fig.supxlabel(
         f"{drawn_as}: {level:.0%} interval per point ({method}, {resamples} resamples of the "
         "probe, given the widths), mean over runs of the per-run bounds",
         fontsize=6.5,
         color="0.35",
-        ha="left",
-        va="bottom",
     )
 
 
