@@ -210,13 +210,17 @@ def test_stacking_keeps_the_intervals_and_their_attributes(tmp_path, client):
             make_store(tmp_path / f"{run}.zarr", steps=(0, 10), n=8, run=run, seed=k),
             preset,
             name="f",
+            out=tmp_path / f"{run}-mi.zarr",
             client=client,
         )
         for k, run in enumerate(("r0", "r1"))
     ]
-    stacked = stack_runs(results)
+    stacked = stack_runs([tmp_path / f"{run}-mi.zarr" for run in ("r0", "r1")])  # from Zarr
     assert {key: stacked.attrs[key] for key in INTERVAL_ATTRS} == {
-        key: results[0].attrs[key] for key in INTERVAL_ATTRS
+        "interval_level": 0.9,
+        "interval_resamples": 8,
+        "interval_seed": 3,
+        "interval_method": "subsample",
     }
     for key in interval_keys():
         assert stacked[key].dims[0] == "run"
