@@ -22,6 +22,11 @@ of at most ``threshold`` rows and randomized ones (stochastic Lanczos quadrature
 equal to the defaults is dropped from the resolved mapping, so a preset resolves to the same
 mapping (and results keep their identity) whether or not it spells the defaults out.
 
+A matrix preset may ask for an interval per point, ``uncertainty: {resamples: 50, level: 0.9,
+seed: 0, method: subsample}`` (see :mod:`infoplane.core.resample`). ``resamples: 0`` (the
+default) is off, and an uncertainty that is off is dropped from the resolved mapping, so that a
+preset resolves to the same mapping (and canonical JSON, and results) with or without it.
+
 The resolved mapping is the one stored in a result's attributes, so it must re-create the
 estimate exactly.
 
@@ -59,6 +64,8 @@ GRIDS = ("linear", "log")
 SMOOTHING_UNITS = ("iteration", "capture")
 SPECTRUM_METHODS = ("auto", "exact", "lanczos")
 SPECTRUM_DTYPES = ("float32", "float64")
+# infoplane.core.resample.METHODS less "bootstrap", whose intervals miss (kept for the study)
+INTERVAL_METHODS = ("subsample",)
 
 # Defaults are the paper's estimator (PAPER_NOTES §2.3 and §3.2).
 DEFAULT_ALPHA = 1.0
@@ -86,6 +93,12 @@ DEFAULT_SPECTRUM: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "tolerance": 0.1,
+}
+DEFAULT_UNCERTAINTY: dict[str, Any] = {
+    "resamples": 0,
+    "level": 0.9,
+    "seed": 0,
+    "method": "subsample",
 }
 
 _PAPER: dict[str, Any] = {
@@ -143,6 +156,7 @@ _TOP_KEYS = (
     "layer_width",
     "channel_width",
     "spectrum",
+    "uncertainty",
 )
 _BINNING_KEYS = ("estimator", "bins", "range")
 _KDE_KEYS = ("estimator", "noise_variance")
@@ -250,7 +264,7 @@ def _width_rule(
     return {"rule": rule}
 
 
-def _integer(name: str, key: str, value: Any, low: int) -> int:
+def _count(name: str, key: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise _fail(name, key, f"must be an integer >= {low}, got {value!r}")
     return value
@@ -266,11 +280,11 @@ def _spectrum(name: str, value: Any) -> dict[str, Any] | None:
     given = {**DEFAULT_SPECTRUM, **value}
     spectrum = {
         "method": _choice(name, "spectrum.method", given["method"], SPECTRUM_METHODS),
-        "threshold": _integer(name, "spectrum.threshold", given["threshold"], 2),
-        "probes": _integer(name, "spectrum.probes", given["probes"], 2),
-        "rank": _integer(name, "spectrum.rank", given["rank"], 0),
-        "steps": _integer(name, "spectrum.steps", given["steps"], 2),
-        "seed": _integer(name, "spectrum.seed", given["seed"], 0),
+        "threshold": _count(name, "spectrum.threshold", given["threshold"], 2),
+        "probes": _count(name, "spectrum.probes", given["probes"], 2),
+        "rank": _count(name, "spectrum.rank", given["rank"], 0),
+        "steps": _count(name, "spectrum.steps", given["steps"], 2),
+        "seed": _count(name, "spectrum.seed", given["seed"], 0),
         "dtype": _choice(name, "spectrum.dtype", given["dtype"], SPECTRUM_DTYPES),
         "tolerance": _positive(name, "spectrum.tolerance", given["tolerance"]),
     }
@@ -285,6 +299,42 @@ def spectrum_of(preset: Mapping[str, Any]) -> dict[str, Any]:
 def _scale_key(scalable: bool) -> tuple[str, ...]:
     """The ``scale`` key, where a width mapping may hold it (named in unknown-key errors)."""
     return ("scale",) if scalable else ()
+
+
+def _uncertainty(name: str, value: Any) -> dict[str, Any] | None:
+    """Validate ``uncertainty`` and fill its defaults; None when it is off (``resamples: 0``)."""
+    if not isinstance(value, Mapping):
+        raise _fail(name, "uncertainty", f"must be a mapping like {{resamples: 50}}, got {value!r}")
+    _check_keys(name, "uncertainty", value, tuple(DEFAULT_UNCERTAINTY))
+    spec = {**DEFAULT_UNCERTAINTY, **value}
+    resamples = _count(name, "uncertainty.resamples", spec["resamples"], 0)
+    if resamples == 0:
+        return None
+    if resamples == 1:
+        raise _fail(name, "uncertainty.resamples", "must be 0 (off) or >= 2, got 1")
+    level = _number(name, "uncertainty.level", spec["level"])
+    if not 0.0 < level < 1.0:
+        raise _fail(name, "uncertainty.level", f"must lie in (0, 1), e.g. 0.9; got {level!r}")
+    return {
+        "resamples": resamples,
+        "level": level,
+        "seed": _count(name, "uncertainty.seed", spec["seed"], 0),
+        "method": _choice(name, "uncertainty.method", spec["method"], INTERVAL_METHODS),
+    }
+
+
+def _no_uncertainty(name: str, estimator: str, preset: Mapping[str, Any]) -> dict[str, Any]:
+    """``preset`` without an uncertainty that is off; an error if one is asked of ``estimator``."""
+    if "uncertainty" not in preset:
+        return dict(preset)
+    if _uncertainty(name, preset["uncertainty"]) is not None:
+        raise _fail(
+            name,
+            "uncertainty",
+            f"is only computed by the matrix estimator, not by {estimator}; remove it or set "
+            "resamples: 0",
+        )
+    return {key: value for key, value in preset.items() if key != "uncertainty"}
 
 
 def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[str, Any]:
@@ -306,9 +356,9 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
         raise ConfigError(f"estimator preset {name!r} must be a mapping, got {preset!r}")
     estimator = _choice(name, "estimator", preset.get("estimator", "matrix"), ESTIMATORS)
     if estimator == "binning":
-        return _binning_preset(name, preset)
+        return _binning_preset(name, _no_uncertainty(name, estimator, preset))
     if estimator == "kde":
-        return _kde_preset(name, preset)
+        return _kde_preset(name, _no_uncertainty(name, estimator, preset))
     _check_keys(name, "(top level)", preset, _TOP_KEYS)
     kernel = _choice(name, "kernel", preset.get("kernel", "tensor"), KERNELS)
     resolved: dict[str, Any] = {
@@ -346,7 +396,16 @@ def validate_preset(preset: Mapping[str, Any], name: str = "<preset>") -> dict[s
     spectrum = _spectrum(name, preset.get("spectrum"))
     if spectrum is not None:
         resolved["spectrum"] = spectrum
+    if "uncertainty" in preset:
+        uncertainty = _uncertainty(name, preset["uncertainty"])
+        if uncertainty is not None:
+            resolved["uncertainty"] = uncertainty
     return resolved
+
+
+def uncertainty_of(preset: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The resolved ``uncertainty`` of a preset, or None when it asks for no intervals."""
+    return preset.get("uncertainty")
 
 
 def _binning_preset(name: str, preset: Mapping[str, Any]) -> dict[str, Any]:

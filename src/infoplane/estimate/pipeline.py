@@ -41,8 +41,10 @@ import numpy as np
 
 from infoplane.core import binning, kde
 from infoplane.core.plane import LAYER_KEYS, STEP_KEYS, estimate_step, search_step
+from infoplane.core.resample import interval_keys, step_intervals
+from infoplane.core.spectra import randomized_at
 from infoplane.core.widths import smooth_along_steps
-from infoplane.errors import StoreError, warn_nan_points
+from infoplane.errors import ConfigError, StoreError, warn_nan_points
 from infoplane.estimate.cluster import client_or, run_batched
 from infoplane.estimate.distances import channel_distances, load_point, step_activations
 from infoplane.io import cache
@@ -55,6 +57,7 @@ from infoplane.presets import (
     needs_activations,
     preset_to_json,
     spectrum_of,
+    uncertainty_of,
     validate_preset,
 )
 
@@ -215,7 +218,8 @@ def estimate_step_task(
     ``step`` (the captured step) seeds the point's randomized spectra, with its split. The
     preset's estimator picks the math: :mod:`infoplane.core.plane` (matrix),
     :mod:`infoplane.core.binning` (from the activations) or :mod:`infoplane.core.kde` (from the
-    distances).
+    distances). A preset with an ``uncertainty`` adds the intervals of
+    :func:`infoplane.core.resample.step_intervals`, seeded by ``step`` (the training step).
     """
     estimator = estimator_of(preset)
     if estimator == "binning":
@@ -234,11 +238,18 @@ def estimate_step_task(
         return channel_distances(source.store, split, store_index, source.layers[i])
 
     spectrum = spectrum_of(preset)
-    return estimate_step(
+    plain = estimate_step(
         data, preset, layers=source.layers, dims=source.dims, dim_x=source.dim_x, sigma=sigma,
         channel_d2=channel_d2 if multivariate else None, spectrum=spectrum,
         seed=(spectrum["seed"], SPLITS.index(split), step),
     )  # fmt: skip
+    if uncertainty_of(preset) is None:
+        return plain
+    bounds = step_intervals(
+        data, preset, plain, split=split, step=step, dims=source.dims,
+        channel_d2=channel_d2 if multivariate else None,
+    )  # fmt: skip
+    return {**plain, **bounds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +384,7 @@ def _estimate(
     src, split_steps, attrs = plan_source(
         source, store=store, splits=splits, needs_store=needs_activations(preset)
     )
+    _check_intervals_at_size(preset, name, split_steps)
     rule = preset.get("layer_width", {})
     # the search runs as a pass of its own when the widths are smoothed along steps, or when
     # they can be kept in (or taken from) a distance cache for later presets
@@ -472,6 +484,31 @@ def keep_alignment_widths(
     }
 
 
+def _check_intervals_at_size(
+    preset: Mapping[str, Any], name: str, split_steps: Mapping[str, SplitSteps]
+) -> None:
+    """Refuse resampling intervals where the spectra are randomized.
+
+    The intervals come from exact spectra of every resample (:mod:`infoplane.core.resample`):
+    above the spectrum threshold that is ``resamples`` exact eigendecompositions of every
+    matrix, hours per point, and the randomized estimate's own error would blur them.
+    """
+    if estimator_of(preset) != "matrix" or uncertainty_of(preset) is None:
+        return
+    spectrum = spectrum_of(preset)
+    large = {
+        s.split: s.n_samples for s in split_steps.values() if randomized_at(spectrum, s.n_samples)
+    }
+    if large:
+        sizes = ", ".join(f"{split} N = {n}" for split, n in large.items())
+        raise ConfigError(
+            f"estimator preset {name!r}: uncertainty intervals need exact spectra, but the "
+            f"spectra of {sizes} are randomized (spectrum.method {spectrum['method']}, threshold "
+            f"{spectrum['threshold']}); use resamples: 0 there (its randomized estimates carry "
+            "error bars, spectral_error), or spectrum: {method: exact} if the time is affordable"
+        )
+
+
 def _at(values: Any, *keys: Any) -> Any:
     """``values[k0][k1]...`` as a plain value, or None when ``values`` is None."""
     for key in keys:
@@ -561,7 +598,23 @@ def result_keys(preset: Mapping[str, Any], *, randomized: bool = False) -> tuple
         return binning.LAYER_KEYS + binning.STEP_KEYS
     if estimator == "kde":
         return kde.LAYER_KEYS + kde.STEP_KEYS
-    return LAYER_KEYS + (("spectral_error",) if randomized else ()) + STEP_KEYS
+    keys = LAYER_KEYS + (("spectral_error",) if randomized else ()) + STEP_KEYS
+    if uncertainty_of(preset) is not None:
+        return keys + interval_keys()
+    return keys
+
+
+def _interval_attrs(preset: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``interval_*`` attributes of a result with intervals (none without)."""
+    spec = uncertainty_of(preset)
+    if spec is None:
+        return {}
+    return {
+        "interval_level": spec["level"],
+        "interval_resamples": spec["resamples"],
+        "interval_seed": spec["seed"],
+        "interval_method": spec["method"],
+    }
 
 
 def _assemble(
@@ -589,6 +642,7 @@ def _assemble(
             "source": src.path,
             "store": src.store or attrs.get("store") or "",
             "store_attrs_sha256": attrs.get("store_attrs_sha256") or "",
+            **_interval_attrs(preset),
         },
         provenance={key: attrs.get(key) for key in PROVENANCE_KEYS},
     )

@@ -32,6 +32,19 @@ per (split, step, layer) and ``H_X, H_Y`` per (split, step), with ``I = H + H - 
     dims (split, step):         H_X (distinct inputs), H_Y
     dims (split,):              n_samples
 
+``matrix`` with an ``uncertainty`` (:mod:`infoplane.core.resample`; intervals from resampling
+the probe samples of each point, given the point's widths)::
+
+    dims (split, step, layer):  I_XT_lo, I_XT_hi, I_TY_lo, I_TY_hi, H_T_lo, H_T_hi, H_XT_lo,
+                                H_XT_hi, H_TY_lo, H_TY_hi (bounds of the interval; NaN where
+                                the plain value is NaN)
+    dims (split, step):         H_X_lo, H_X_hi, H_Y_lo, H_Y_hi
+    attributes:                 interval_level (e.g. 0.9), interval_resamples, interval_seed,
+                                interval_method (subsample: subsets of 0.9 N distinct
+                                samples, interval estimate ± z·sd)
+
+The plain variables are the same, to the byte, with and without the intervals.
+
 Common to all::
 
     coordinates:                split, step, epoch(step), layer
@@ -43,7 +56,7 @@ Common to all::
                                 smoothed width skipped an earlier NaN point of the layer)
 
 A stacked, experiment-level file adds a leading ``run`` dimension and the attributes ``runs`` and
-``sources``.
+``sources``; it keeps the ``interval_*`` attributes (the runs share one preset).
 """
 
 from __future__ import annotations
@@ -57,6 +70,9 @@ import numpy as np
 
 from infoplane.errors import InputError, StoreError, describe_os_error
 from infoplane.io.files import exclusive, replacing
+
+#: Attributes of a result with per-point intervals, kept by :func:`stack_runs`.
+INTERVAL_ATTRS = ("interval_level", "interval_resamples", "interval_seed", "interval_method")
 
 
 def build_result(
@@ -243,6 +259,7 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
         "infoplane_version": first.get("infoplane_version", ""),
         "units": "bits",
     }
+    stacked.attrs.update({k: v for k, v in first.items() if k in INTERVAL_ATTRS})
     if len(experiments) == 1 and None not in experiments:
         stacked.attrs["experiment"] = experiments.pop()
     return stacked

@@ -25,6 +25,9 @@ Comparisons allow an absolute tolerance in bits; where a result holds randomized
 of its bounds (not to ``I = H + H - joint H``, which holds exactly by construction), and
 :func:`imprecise_estimates` lists the points whose error bar exceeds the preset's
 ``spectrum.tolerance``. NaN points are not violations; they are listed separately.
+
+A result with per-point intervals (``<name>_lo``/``<name>_hi``, :mod:`infoplane.core.resample`)
+must have ``lo <= value <= hi`` for every quantity that has them.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ def check_result(result: Any, *, tolerance: float = DEFAULT_TOLERANCE) -> list[V
         identity = a + b - joint
         checks.append((abs(mi - identity) > tol, mi, identity, f"{label} = H + H - joint H"))
     checks += _estimator_checks(ds, estimator, log2n, tol)
+    checks += _interval_checks(ds, tol)
     violations = []
     for mask, value, bound, invariant in checks:
         bound = bound if isinstance(bound, xr.DataArray) else xr.zeros_like(value) + bound
@@ -161,6 +165,18 @@ def _estimator_checks(ds: Any, estimator: str, log2n: Any, tol: float) -> list:
         upper, lower = ds["I_XT_upper"], ds["I_XT_lower"]
         checks.append((upper < lower - tol, upper, lower, "kde: I_XT_upper >= I_XT_lower"))
         checks.append((abs(ds["I_XT"] - upper) > tol, ds["I_XT"], upper, "kde: I_XT = upper"))
+    return checks
+
+
+def _interval_checks(ds: Any, tol: float) -> list:
+    """``lo <= value <= hi`` for every quantity with interval bounds in ``ds``."""
+    checks = []
+    for name in _REQUIRED:
+        if f"{name}_lo" not in ds or f"{name}_hi" not in ds:
+            continue
+        value, lo, hi = ds[name], ds[f"{name}_lo"], ds[f"{name}_hi"]
+        checks.append((lo > value + tol, value, lo, f"{name} >= {name}_lo"))
+        checks.append((hi < value - tol, value, hi, f"{name} <= {name}_hi"))
     return checks
 
 

@@ -15,6 +15,11 @@ Inputs follow the "Estimates" contract: an :class:`xarray.Dataset` with ``I_XT``
 front. A single run's file (no ``run`` dimension) is treated as one run. Files are read with
 :func:`infoplane.io.results.open_result`.
 
+Results with per-point intervals (``<name>_lo``/``<name>_hi``, see
+:mod:`infoplane.core.resample`) add them: grey crosses on the per-layer information planes and
+dotted bound lines on the MI-against-epoch curves, both at the mean over runs of the per-run
+bounds, and a note under the figure that says so. Without them the figures are unchanged.
+
 This module only draws: what the figures show (runs, epochs, means and spreads across runs,
 data-processing shares, training metrics) is computed by :mod:`infoplane.report.analysis`.
 """
@@ -480,6 +485,7 @@ def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
             ax = axes[k + 1]
             _trajectory(ax, ixt[..., k], ity[..., k], epoch, norm)
             marked |= mark_degenerate_plane(ax, ixt[..., k], ity[..., k], degenerate[:, k])
+            _interval_crosses(ax, mi, split, k)
             _min_span(ax)
             ax.set_title(f"layer {k + 1}: {layer}")
         if marked and not any(h.get_label() == DEGENERATE_LABEL for h in handles):
@@ -493,6 +499,7 @@ def information_plane_layers(mi: xr.Dataset, split: str) -> Figure:
             _ip_labels(ax, xlabel=last_in_col, ylabel=col == 0)
         _epoch_colorbar(fig, axes[:panels], norm)
         fig.suptitle(_title(mi, f"Information plane, {split} probe"))
+        _interval_note(fig, mi, "grey crosses")
     return fig
 
 
@@ -537,6 +544,7 @@ def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> F
                     marked |= mark_degenerate_curve(
                         ax, epoch[order], values[:, order, k], degenerate[:, k]
                     )
+                    _interval_lines(ax, mi, var, split, k, epoch, order, color)
                 if bound in mi:
                     mean = across_runs(split_values(mi, bound, split))[0][order]
                     ax.plot(epoch[order], mean, color="0.2", lw=0.9, ls="--", zorder=5)
@@ -554,6 +562,7 @@ def mi_epoch_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> F
             handles.append(_degenerate_handle())
         fig.legend(handles=handles, loc="outside right upper", title="layer")
         fig.suptitle(_title(mi, "Mutual information against epoch"))
+        _interval_note(fig, mi, "dotted lines")
     return fig
 
 
@@ -568,6 +577,84 @@ def _band(ax: Axes, x: np.ndarray, runs: np.ndarray, color, *, label: str | None
         ax.fill_between(
             x[ok], (mean - std)[ok], (mean + std)[ok], color=color, alpha=0.2, lw=0, zorder=2
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-point intervals (drawn only where a result has them)
+
+
+def _mean_bounds(mi: xr.Dataset, var: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean over runs of the lower and upper interval bounds of ``var``; None without them."""
+    if f"{var}_lo" not in mi or f"{var}_hi" not in mi:
+        return None
+    lo = across_runs(split_values(mi, f"{var}_lo", split))[0]
+    hi = across_runs(split_values(mi, f"{var}_hi", split))[0]
+    return lo, hi
+
+
+def _interval_crosses(ax: Axes, mi: xr.Dataset, split: str, k: int) -> None:
+    """Grey crosses spanning the mean interval of I(X;T) and I(T;Y) of layer ``k`` at each point."""
+    import numpy as np
+
+    x_bounds = _mean_bounds(mi, "I_XT", split)
+    y_bounds = _mean_bounds(mi, "I_TY", split)
+    if x_bounds is None or y_bounds is None:
+        return
+    (x_lo, x_hi), (y_lo, y_hi) = (b[..., k] for b in x_bounds), (b[..., k] for b in y_bounds)
+    xm = across_runs(split_values(mi, "I_XT", split)[..., k])[0]
+    ym = across_runs(split_values(mi, "I_TY", split)[..., k])[0]
+    ok = np.isfinite(xm) & np.isfinite(ym) & np.isfinite(x_lo + x_hi + y_lo + y_hi)
+    if not ok.any():
+        return
+    ax.errorbar(
+        xm[ok],
+        ym[ok],
+        xerr=np.abs(np.stack([xm - x_lo, x_hi - xm]))[:, ok],
+        yerr=np.abs(np.stack([ym - y_lo, y_hi - ym]))[:, ok],
+        fmt="none",
+        ecolor="0.6",
+        elinewidth=0.5,
+        alpha=0.6,
+        zorder=1,
+    )
+
+
+def _interval_lines(
+    ax: Axes,
+    mi: xr.Dataset,
+    var: str,
+    split: str,
+    k: int,
+    epoch: np.ndarray,
+    order: np.ndarray,
+    color,
+) -> None:
+    """Dotted lines at the mean lower and upper interval bounds of ``var`` of layer ``k``."""
+    import numpy as np
+
+    bounds = _mean_bounds(mi, var, split)
+    if bounds is None:
+        return
+    for bound in bounds:
+        values = bound[order, k]
+        ok = np.isfinite(values)
+        ax.plot(epoch[order][ok], values[ok], color=color, lw=0.7, ls=":", zorder=2)
+
+
+def _interval_note(fig: Figure, mi: xr.Dataset, drawn_as: str) -> None:
+    """A line under the figure saying what the interval marks are, when there are any."""
+    if "I_XT_lo" not in mi:
+        return
+    level = float(mi.attrs.get("interval_level", float("nan")))
+    method = mi.attrs.get("interval_method", "?")
+    resamples = mi.attrs.get("interval_resamples", "?")
+    # a figure-level x label: the constrained layout keeps room for it under the panels
+    fig.supxlabel(
+        f"{drawn_as}: {level:.0%} interval per point ({method}, {resamples} resamples of the "
+        "probe, given the widths), mean over runs of the per-run bounds",
+        fontsize=6.5,
+        color="0.35",
+    )
 
 
 def widths_figure(mi: xr.Dataset, *, splits: Sequence[str] | None = None) -> Figure:
