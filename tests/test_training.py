@@ -373,7 +373,7 @@ def test_cli_shows_a_progress_bar_on_a_terminal(config_path, tmp_path, capsys, m
 
 
 @pytest.mark.slow
-def test_work_dir_run_moves_into_place_and_resumes_after_its_outputs_are_deleted(
+def test_work_dir_run_links_into_place_and_resumes_after_its_outputs_are_deleted(
     reference, settings, tmp_path, caplog
 ):
     run_dir, work = tmp_path / "run", tmp_path / "run" / ".training"
