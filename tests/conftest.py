@@ -55,3 +55,12 @@ def run_dir(tmp_path_factory, client):
     )
     compute_distances(store, root / "distances.zarr", client=client)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory) -> Path:
+    """The tiny workflow (tests/workflow_config.yaml) run once with the local profile; tests only
+    read its products (test_workflow.py, and test_slurm.py compares the SLURM run with it)."""
+    from workflow_runs import run_tiny_workflow
+
+    return run_tiny_workflow(tmp_path_factory.mktemp("workflow"))

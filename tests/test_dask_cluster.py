@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infoplane.cli import main
-from infoplane.errors import ConfigError
+from infoplane.errors import ConfigError, InfoplaneError
 from infoplane.estimate.cluster import (
     BLAS_ENV,
     cluster_settings,
@@ -90,6 +90,54 @@ def test_cluster_config_may_sit_in_the_estimator_config(tmp_path):
     assert read_cluster_config(config, dask_key_only=True) == {"workers": 2}
     config.write_text("estimators: {}\n")
     assert read_cluster_config(config, dask_key_only=True) == {}
+
+
+def fake_slurm_commands(directory: Path, sbatch: str) -> str:
+    """A PATH with ``sbatch`` (the given shell script body) and a silent ``scancel`` first."""
+    directory.mkdir()
+    for name, body in (("sbatch", sbatch), ("scancel", "exit 0")):
+        script = directory / name
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    return f"{directory}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.timeout(120)
+def test_failing_worker_submissions_end_with_the_sbatch_error(tmp_path, monkeypatch):
+    """A bad dask.slurm setting makes sbatch fail; the command must stop with its message
+    instead of waiting for workers that never come."""
+    message = "sbatch: error: Invalid account or account/partition combination specified"
+    monkeypatch.setenv(
+        "PATH", fake_slurm_commands(tmp_path / "bin", f"echo '{message}' >&2; exit 1")
+    )
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    config = {
+        "cluster": "slurm",
+        "workers": 2,
+        "slurm": {"account": "nosuch", "memory": "1GB", "interface": "lo"},
+    }
+    started = time.monotonic()
+    with pytest.raises(InfoplaneError, match="could not submit") as caught:
+        with dask_client(cluster_config=config) as client:
+            run_tasks(client, abs, [(-1,)], label="demo")
+    assert message in str(caught.value)
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(120)
+def test_workers_that_never_connect_end_after_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        "PATH", fake_slurm_commands(tmp_path / "bin", "echo 'Submitted batch job 4242'")
+    )
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    config = {"cluster": "slurm", "wait": 2, "slurm": {"memory": "1GB", "interface": "lo"}}
+    with pytest.raises(
+        InfoplaneError, match=r"no Dask worker connected within 2 s \(worker jobs 4242"
+    ):
+        with dask_client(cluster_config=config):
+            pass
+    with pytest.raises(ConfigError, match=r"dask\.wait"):
+        cluster_settings(cluster_config={**config, "wait": 0}, environ={})
 
 
 # --- running tasks ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,7 +373,7 @@ def test_cli_shows_a_progress_bar_on_a_terminal(config_path, tmp_path, capsys, m
 
 
 @pytest.mark.slow
-def test_work_dir_run_moves_into_place_and_resumes_after_its_outputs_are_deleted(
+def test_work_dir_run_links_into_place_and_resumes_after_its_outputs_are_deleted(
     reference, settings, tmp_path, caplog
 ):
     run_dir, work = tmp_path / "run", tmp_path / "run" / ".training"
@@ -386,7 +387,8 @@ def test_work_dir_run_moves_into_place_and_resumes_after_its_outputs_are_deleted
     result = train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
     assert result.resumed_from_step == ITERATIONS_PER_EPOCH
     assert result.store == out and result.checkpoint == run_dir / CHECKPOINT_FILE
-    assert all(p.exists() for p in products) and not work.exists()
+    assert all(p.exists() for p in products)
+    assert (work / "activations.zarr").is_dir()  # the finished state is kept
     assert_same_run(reference[0], run_dir)
 
     # state of other settings in the work directory is scratch: discarded, not an error
@@ -398,3 +400,25 @@ def test_work_dir_run_moves_into_place_and_resumes_after_its_outputs_are_deleted
         result = train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
     assert "discarding the state" in caplog.text and result.resumed_from_step is None
     assert_same_run(reference[0], run_dir)
+
+
+@pytest.mark.slow
+def test_finished_run_whose_outputs_are_deleted_gets_them_back_without_training(
+    reference, settings, tmp_path, caplog
+):
+    """A job that finished and was then marked failed (a cluster job at its time limit in its
+    last seconds) loses its outputs to the workflow manager; its rerun must not train again."""
+    run_dir, work = tmp_path / "run", tmp_path / "run" / ".training"
+    out = run_dir / "activations.zarr"
+    train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
+    inode = (run_dir / CHECKPOINT_FILE).stat().st_ino
+    assert (work / CHECKPOINT_FILE).stat().st_ino == inode  # a link, not a second copy
+    shutil.rmtree(out)  # what Snakemake does to the outputs of a failed job
+    for name in (METRICS_FILE, ITERATIONS_FILE, CHECKPOINT_FILE):
+        (run_dir / name).unlink()
+    with caplog.at_level("INFO", logger="infoplane.train.training"):
+        result = train_run(settings, run="seed0", out_store=out, progress="none", work_dir=work)
+    assert result.epochs == [] and result.resumed_from_step == EPOCHS * ITERATIONS_PER_EPOCH
+    assert "already finished" in caplog.text
+    assert_same_run(reference[0], run_dir)
+    assert result.final == reference[1].final

@@ -19,39 +19,9 @@ import numpy as np
 import psutil
 import pytest
 import yaml
+from workflow_runs import ROOT, TINY_CONFIG, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = Path(__file__).with_name("workflow_config.yaml")
 LOG2_TOL = 1e-6
-
-
-def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in ``workdir`` with the local profile, one Dask worker."""
-    env = dict(os.environ)
-    # the rules call `python -m infoplane`: the interpreter running the tests must come first
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("DASK_SCHEDULER_ADDRESS", None)
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--workflow-profile",
-        str(ROOT / "workflow" / "profiles" / "local"),
-        "--directory",
-        str(workdir),
-        *args,
-        "--cores",
-        "2",
-        # the last option: its values run on to the next option
-        "--set-threads",
-        "distances=1",
-        "estimate=1",
-    ]
-    return subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, dict[str, str]]]:
@@ -74,13 +44,9 @@ def job_counts(jobs) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny workflow, run once for real; tests below only read its products."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    shutil.copy(TINY_CONFIG, workdir / "config.yaml")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir
+def tiny_run(tiny_workflow) -> Path:
+    """The tiny workflow, run once for real (shared with test_slurm.py); read-only here."""
+    return tiny_workflow
 
 
 def edited_config(workdir: Path, name: str, edit) -> Path:
@@ -428,7 +394,8 @@ def test_a_killed_training_job_resumes_on_the_next_run(tmp_path):
     log = (tmp_path / "logs" / "tiny" / "seed0" / "train.log").read_text()
     assert re.search(r"resuming after epoch (\d+)", log), log[-2000:]
     assert int(re.search(r"resuming after epoch (\d+)", log).group(1)) >= killed_at
-    assert not (run_dir / ".training").exists()
+    # the finished state stays in .training, linked to the outputs (no second copy)
+    assert checkpoint.stat().st_ino == (run_dir / "checkpoint.pt").stat().st_ino
     epochs = [row["epoch"] for row in csv.DictReader(open(run_dir / "metrics.csv"))]
     assert epochs == [str(e) for e in range(151) for _ in range(2)]
 

@@ -26,8 +26,11 @@ from infoplane.presets import (
 # config's `estimators:` or a built-in one (infoplane.presets.BUILTIN_PRESETS).
 CONFIG = validate_config(config, source="workflow config")
 # What needs no training is checked before the first job (snakemake -n included): dataset
-# options, probe sizes against the splits, the schedule against training, the layer names.
-check_experiments(CONFIG)
+# options, probe sizes against the splits, the schedule against training, the layer names. Once,
+# by the main process: a cluster job parses the workflow again, and the check (which builds the
+# models) would add seconds to every job; `infoplane train` checks its own experiment anyway.
+if workflow.is_main_process:
+    check_experiments(CONFIG)
 
 # The report's captions show the resolved mapping of every preset an experiment names, built-in
 # ones included (CONFIG, a validated copy, is what the jobs' params come from).

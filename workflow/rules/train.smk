@@ -4,9 +4,11 @@
 # `params.config` is the run's resolved settings (the experiment narrowed to this seed, without
 # the estimator list); it is written beside the store and is what `infoplane train` reads, so the
 # job depends on exactly what it uses. Training uses the GPU when there is one (device: auto).
-# The run trains in `.training/` and moves its products into place when it has finished:
-# Snakemake deletes the outputs of a killed job, not that directory, so the job's next attempt
-# resumes from the last checkpoint instead of starting over.
+# The run trains in `.training/` and hard-links its products into place when it has finished;
+# `.training/` keeps them. Snakemake deletes the outputs of a killed or failed job, not that
+# directory, so the job's next attempt resumes from the last checkpoint instead of starting over,
+# and a job marked failed after it had finished (at a cluster's time limit, in its last seconds)
+# gets its outputs back from the final checkpoint without training.
 
 
 rule train:

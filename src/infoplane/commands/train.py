@@ -40,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--work-dir",
         default=None,
         metavar="DIR",
-        help="train in DIR and move the products into the run directory when the run has "
-        "finished; a killed run resumes from DIR. For workflow managers that delete the "
-        "outputs of failed jobs (the workflow passes RUN_DIR/.training)",
+        help="train in DIR and hard-link the products into the run directory when the run "
+        "has finished; DIR keeps them, so a killed run resumes from DIR and a finished run "
+        "whose outputs were deleted gets them back without training. For workflow managers "
+        "that delete the outputs of failed jobs (the workflow passes RUN_DIR/.training)",
     )
     parser.set_defaults(handler=run_train)
 

@@ -8,9 +8,18 @@ Three ways to get workers, in this order of precedence:
        dask:
          cluster: slurm          # local | slurm
          workers: 8              # worker processes in all
-         slurm: {queue: normal, account: proj, cores: 4, memory: 16GB, walltime: "01:00:00"}
+         wait: 3600              # seconds to wait for the first worker (queue time included)
+         slurm: {queue: normal, account: proj, cores: 4, memory: 16GB, walltime: "01:00:00",
+                 interface: ib0} # the network the scheduler and workers use
 
 3. the default: a LocalCluster of worker processes, one thread and one BLAS thread each.
+
+A SLURM cluster whose worker jobs cannot be submitted (``sbatch`` fails: a bad account,
+partition or memory request) is an error with ``sbatch``'s own message as soon as the submissions
+have failed, and one whose workers never connect (jobs that die at start, or pend) is an error
+after ``wait`` seconds; neither waits forever. The scheduler listens on the address of
+``interface`` (dask-jobqueue uses it for the scheduler and the workers); without it, on the
+host's default address.
 
 Every task is single-threaded on purpose: the tasks are many and independent, and one BLAS
 thread per process also makes results independent of how many workers run them.
@@ -37,7 +46,9 @@ log = logging.getLogger(__name__)
 BLAS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 CLUSTER_KINDS = ("local", "slurm")
-_CLUSTER_KEYS = ("cluster", "workers", "slurm")
+_CLUSTER_KEYS = ("cluster", "workers", "slurm", "wait")
+#: Seconds :func:`dask_client` waits for the first worker of a SLURM cluster (``dask.wait``).
+DEFAULT_SLURM_WAIT = 3600.0
 #: SLURMCluster arguments a cluster configuration may set (dask_jobqueue names).
 SLURM_KEYS = (
     "queue",
@@ -93,7 +104,7 @@ def cluster_settings(
     -------
     dict
         ``{"kind": "address", "address": ...}``, ``{"kind": "local", "workers": n}`` or
-        ``{"kind": "slurm", "workers": n, "slurm": {...}}``.
+        ``{"kind": "slurm", "workers": n, "slurm": {...}, "wait": seconds}``.
     """
     environ = os.environ if environ is None else environ
     config = dict(cluster_config or {})
@@ -116,7 +127,15 @@ def cluster_settings(
         raise ConfigError(f"dask.cluster must be one of {', '.join(CLUSTER_KINDS)}; got {kind!r}")
     if kind == "slurm":
         kwargs = slurm_cluster_kwargs(config.get("slurm") or {})
-        return {"kind": "slurm", "workers": workers or kwargs["processes"], "slurm": kwargs}
+        wait = config.get("wait", DEFAULT_SLURM_WAIT)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait > 0:
+            raise ConfigError(f"dask.wait must be a positive number of seconds, got {wait!r}")
+        return {
+            "kind": "slurm",
+            "workers": workers or kwargs["processes"],
+            "slurm": kwargs,
+            "wait": float(wait),
+        }
     return {"kind": "local", "workers": workers or default_workers()}
 
 
@@ -183,10 +202,15 @@ def dask_client(
                 raise ConfigError(
                     "dask.cluster: slurm needs dask-jobqueue; pip install 'infoplane[workflow]'"
                 ) from None
-            cluster = SLURMCluster(**settings["slurm"])
+            from dask_jobqueue.slurm import SLURMJob
+
+            failures: list[str] = []
+            job_cls = recording_job_class(SLURMJob, failures)
+            cluster = SLURMCluster(job_cls=job_cls, **settings["slurm"])
             cluster.scale(settings["workers"])
             log.info("SLURM cluster asked for %d workers", settings["workers"])
             client = Client(cluster)
+            wait_for_first_worker(client, cluster, failures, timeout=settings["wait"])
         else:
             from distributed import LocalCluster
 
@@ -211,6 +235,73 @@ def dask_client(
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def recording_job_class(base: type, failures: list[str]) -> type:
+    """A subclass of the dask-jobqueue job class ``base`` that appends to ``failures`` the error
+    of every submission that fails (dask-jobqueue logs it and waits for the worker regardless)."""
+
+    class RecordingJob(base):
+        async def _submit_job(self, script_filename):
+            try:
+                return await super()._submit_job(script_filename)
+            except RuntimeError as exc:  # dask-jobqueue: the command's exit code and stderr
+                failures.append(submission_error(str(exc)))
+                from distributed.core import Status
+
+                self.status = Status.failed  # never started: closing the cluster skips it
+                raise
+
+    RecordingJob.__name__ = RecordingJob.__qualname__ = f"Recording{base.__name__}"
+    return RecordingJob
+
+
+def submission_error(text: str) -> str:
+    """The submit command's stderr from dask-jobqueue's error text (all of it when absent)."""
+    _, found, stderr = text.partition("stderr:\n")
+    return (stderr if found and stderr.strip() else text).strip()
+
+
+def wait_for_first_worker(
+    client: Any, cluster: Any, failures: Sequence[str], *, timeout: float, poll: float = 0.5
+) -> None:
+    """Return once a worker has connected to ``cluster``'s scheduler; raise otherwise.
+
+    Raises
+    ------
+    InfoplaneError
+        When every worker job's submission failed (the message holds the submit command's
+        error), or when no worker connected within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not client.scheduler_info(n_workers=-1)["workers"]:
+        n_jobs, submitted = _job_ids(cluster)
+        if failures and len(failures) >= n_jobs and not submitted:
+            raise InfoplaneError(
+                f"dask-jobqueue could not submit the worker jobs (every one of "
+                f"{len(failures)} submissions failed): {failures[-1]}. Fix the dask.slurm "
+                "settings of the cluster configuration"
+            )
+        if time.monotonic() > deadline:
+            ids = ", ".join(submitted) or "none"
+            detail = f"; last submission error: {failures[-1]}" if failures else ""
+            raise InfoplaneError(
+                f"no Dask worker connected within {timeout:g} s (worker jobs {ids}: see "
+                f"`squeue --me` and the jobs' logs){detail}. Raise dask.wait if the jobs only "
+                "wait in the queue"
+            )
+        time.sleep(poll)
+    log.info("the first Dask worker connected")
+
+
+def _job_ids(cluster: Any) -> tuple[int, list[str]]:
+    """The number of worker jobs of a dask-jobqueue cluster and the ids of those submitted.
+
+    Only ids leave this function: a job object referenced from a traceback would outlive the
+    cluster's close, whose check of its jobs' states it then fails.
+    """
+    jobs = list(getattr(cluster, "workers", {}).values())
+    return len(jobs), [str(job.job_id) for job in jobs if getattr(job, "job_id", None)]
 
 
 @contextlib.contextmanager

@@ -18,10 +18,15 @@ the checkpoint are captured again (region writes are idempotent) and, on the CPU
 with the same store and metrics, bit for bit, as one that was never interrupted.
 
 With a work directory (``work_dir``; the workflow uses ``<run dir>/.training``) the run trains
-there and moves its four products into the run directory only once it has finished. A workflow
-manager that deletes the outputs of a killed job (Snakemake does) then leaves the training state
-alone, and the job's next attempt resumes from it; state of other settings found there is
-discarded, as the work directory is scratch.
+there and hard-links its four products into the run directory only once it has finished (copies
+where the file system has no hard links); the work directory keeps them. A workflow manager that
+deletes the outputs of a killed or failed job (Snakemake does) then leaves the training state
+alone, and the job's next attempt resumes from it — from the last epoch's checkpoint, or, when
+the job had finished and was marked failed afterwards (a cluster job at its time limit in its
+last seconds), from the final checkpoint, which puts the products into place again without
+training. The final checkpoint (its ``epoch`` is the last one) is the finished marker. State of
+other settings found there is discarded, as the work directory is scratch; it is kept otherwise
+(the links cost no disk space) and may be deleted once the workflow has used the run's outputs.
 
 Randomness: every stream derives from the run's seed. Weight initialisation and dropout use
 torch's global generator (seeded before the model is built, saved in checkpoints); shuffling uses
@@ -671,24 +676,41 @@ def _start(r: _Run, store: Path, checkpoint: Path, restart: bool):
     return _create_store(r, store), None
 
 
-def _move_into_place(train_dir: Path, run_dir: Path, store: Path) -> None:
-    """Move a finished run's products from its work directory into the run directory.
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link of ``source`` at ``target``; a copy where the file system has no links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
-    Four renames on one file system; a job killed between two of them trains again.
+
+def _put_into_place(train_dir: Path, run_dir: Path, store: Path) -> None:
+    """Give a finished run's products to the run directory; the work directory keeps them.
+
+    Every file is hard-linked (copied where links are impossible), replacing what the run
+    directory held: the products cost no second copy, and the finished state stays in
+    ``train_dir``. A job that is killed or marked failed after this point (say at its time limit,
+    in its last seconds) loses only the links when the workflow manager deletes its outputs; its
+    next attempt finds the final checkpoint there and links the products again without training.
+    The files are never written again in place (the store is complete, the CSVs and the
+    checkpoint are replaced by renames), so the two names of a file cannot diverge.
     """
-    moves = [
+    products = [
         (train_dir / store.name, store),
         (train_dir / METRICS_FILE, run_dir / METRICS_FILE),
         (train_dir / ITERATIONS_FILE, run_dir / ITERATIONS_FILE),
         (train_dir / CHECKPOINT_FILE, run_dir / CHECKPOINT_FILE),
     ]
-    for source, target in moves:
-        if target.is_dir():
+    for source, target in products:
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        shutil.move(source, target)  # a rename on one file system
-    with contextlib.suppress(OSError):
-        train_dir.rmdir()  # only when empty: never remove anything else kept there
-    log.info("moved the finished run from %s into %s", train_dir, run_dir)
+        else:
+            target.unlink(missing_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(source), str(target))
+    log.info("linked the finished run in %s into %s (the state is kept there)", train_dir, run_dir)
 
 
 def _resume_captures(r: _Run, writer, step: int) -> None:
@@ -795,10 +817,12 @@ def train_run(
     restart
         Ignore any checkpoint and existing store and train from scratch.
     work_dir
-        Train in this directory (same file system as the run directory) and move the store,
-        ``metrics.csv``, ``iterations.csv`` and ``checkpoint.pt`` into the run directory once the
-        last epoch is done, replacing what is there. A killed run resumes from the work
-        directory; a checkpoint or store there that belongs to other settings is discarded.
+        Train in this directory (same file system as the run directory) and hard-link the
+        store, ``metrics.csv``, ``iterations.csv`` and ``checkpoint.pt`` into the run directory
+        once the last epoch is done, replacing what is there; the work directory keeps them. A
+        killed run resumes from the work directory, and a finished one whose outputs were
+        deleted puts them into place again without training; a checkpoint or store there that
+        belongs to other settings is discarded.
 
     Returns
     -------
@@ -879,7 +903,13 @@ def _train_run(
             # files may be ahead of the checkpoint (killed between writing them and it)
             write_metrics(paths[METRICS_FILE], rows)
             write_iterations(paths[ITERATIONS_FILE], losses, r.iterations_per_epoch)
-            log.info("%s: resuming after epoch %d (step %d)", r.description, epoch_done, step)
+            if epoch_done >= r.epochs:
+                log.info(
+                    "%s: the run had already finished in %s (step %d); nothing to train",
+                    r.description, train_dir, step,
+                )  # fmt: skip
+            else:
+                log.info("%s: resuming after epoch %d (step %d)", r.description, epoch_done, step)
 
         summaries: list[dict[str, Any]] = []
         reporter.start(total=total, done=step, description=r.description)
@@ -919,7 +949,7 @@ def _train_run(
             reporter.close()
 
     if work_dir is not None:
-        _move_into_place(train_dir, run_dir, final_store)
+        _put_into_place(train_dir, run_dir, final_store)
         paths = {name: run_dir / name for name in paths}
     final = {row["split"]: {"loss": row["loss"], "accuracy": row["accuracy"]} for row in rows[-2:]}
     return TrainResult(
