@@ -3,8 +3,8 @@
 The paper's MLP shapes (784-1024-20-20-20-10, tanh, softmax output; random weights) on the real
 MNIST test set when it is present (``--mnist DIR``, default ``../shared/data/mnist``; its 10,000
 images give N up to 10⁴) or on a synthetic 10-class mixture of the same shapes. One captured
-step with a train probe of N samples (and a test probe of 200), each N in a fresh process whose
-peak memory (maximum RSS) is reported:
+step with a train probe of N samples (and a test probe of 200 of them), each N in a fresh
+process whose peak memory (maximum RSS) is reported:
 
   step       the pipeline on that step, as the workflow runs it: ``compute_distances`` into a
              distance cache (``storage: auto``) and ``estimate`` with the ``paper-alpha1.01``
@@ -86,10 +86,11 @@ def _store(path: Path, n: int, mnist: Path | None) -> tuple[Path, list[str]]:
 
     from infoplane.testing import make_store
 
-    x, y = _inputs(n + 200, mnist)
+    x, y = _inputs(n, mnist)
     acts = _layers(x)
     names = [f"layer{i + 1}" for i in range(len(acts))]
-    rows = {"train": slice(0, n), "test": slice(n, n + 200)}
+    # the test probe: 200 of the same samples (the MNIST test set holds 10,000 in all)
+    rows = {"train": slice(0, n), "test": slice(0, 200)}
 
     def data(split: str, step: int) -> dict:
         at = rows[split]
@@ -297,7 +298,10 @@ def main() -> None:
             "--workdir",
             scratch.name,
         ]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            print(f"  N = {n} failed:\n{done.stderr[-3000:]}", flush=True)
+            continue
         reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"  N = {n}: step {reports[-1]['step_s']:.1f} s", flush=True)
     _print(reports)
