@@ -872,8 +872,8 @@ def family_figure(
     """The members of a sensitivity family, per layer: where their trajectories agree.
 
     Top row: the information plane of every layer; each member's mean path over runs (one
-    colour per member) and, grey, the band the members span: at every captured step the
-    rectangle from the smallest to the largest member mean of I(X;T) and of I(T;Y). Bottom row:
+    colour per member) and, grey, the members' points of every captured step joined by a thin
+    line, so that long joins show where the knob moves the estimate. Bottom row:
     I(X;T) against epoch, each member's mean and the grey band from the smallest to the largest.
     A conclusion that holds across the band survives the knob the family varies. Bits (the
     members share an estimator).
@@ -888,9 +888,9 @@ def family_figure(
         The family's name, for the title.
     """
     import numpy as np
-    from matplotlib.collections import PatchCollection
+    from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
 
     if not results:
         raise InputError("a family figure needs the results of at least one member")
@@ -918,15 +918,14 @@ def family_figure(
             ax, ax_t = axes[0, k], axes[1, k]
             with np.errstate(all="ignore"):
                 x_lo, x_hi = np.nanmin(x[..., k], axis=0), np.nanmax(x[..., k], axis=0)
-                y_lo, y_hi = np.nanmin(y[..., k], axis=0), np.nanmax(y[..., k], axis=0)
+                y_lo = np.nanmin(y[..., k], axis=0)
             ok = np.isfinite(x_lo) & np.isfinite(y_lo)
-            boxes = [
-                Rectangle((a, b), c - a, d - b)
-                for a, b, c, d in zip(x_lo[ok], y_lo[ok], x_hi[ok], y_hi[ok], strict=True)
+            # the members at one step, joined: long segments where the knob matters
+            joins = [
+                np.column_stack([x[:, t, k], y[:, t, k]])[np.isfinite(x[:, t, k] + y[:, t, k])]
+                for t in np.flatnonzero(ok)
             ]
-            ax.add_collection(
-                PatchCollection(boxes, facecolor="0.6", edgecolor="none", alpha=0.18, zorder=1)
-            )
+            ax.add_collection(LineCollection(joins, colors="0.6", lw=0.6, alpha=0.5, zorder=1))
             ax_t.fill_between(
                 epoch[order][ok], x_lo[ok], x_hi[ok], color="0.6", alpha=0.3, lw=0, zorder=1
             )
@@ -946,6 +945,7 @@ def family_figure(
             Line2D([], [], color=c, lw=1.5, label=name)
             for c, name in zip(colors, results, strict=True)
         ]
+        handles.append(Line2D([], [], color="0.6", lw=0.8, label="one step, every member"))
         handles.append(Patch(facecolor="0.6", alpha=0.3, label="range over members"))
         fig.legend(handles=handles, loc="outside right upper", title="member")
         experiment = first.attrs.get("experiment")
