@@ -21,25 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import median_seconds
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
-
-
-def median_cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median process CPU time of ``repeats`` calls of ``fn``, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 LAYERS = {"h1": (64,), "h2": (32,), "h3": (16,), "out": (10,)}
@@ -58,7 +48,9 @@ def per_point(cache: Path, resamples: list[int], repeats: int) -> None:
     preset = resolve_preset(None, PRESET)
     kwargs = {"layers": plan.layers, "dims": plan.dims, "dim_x": plan.dim_x}
     plain = estimate_step(point, preset, **kwargs)
-    base = median_cpu_seconds(lambda: estimate_step(point, preset, **kwargs), repeats)
+    base = median_seconds(
+        lambda: estimate_step(point, preset, **kwargs), repeats, time.process_time
+    )
     n = point["y"].shape[0]
     print(f"\nper point (N = {n}, L = {len(plan.layers)}, one BLAS thread, CPU time)")
     print(f"  plain estimate          {base * 1e3:8.1f} ms")
@@ -66,11 +58,12 @@ def per_point(cache: Path, resamples: list[int], repeats: int) -> None:
         spec = {**preset, "uncertainty": {"resamples": b, "level": 0.9, "seed": 0}}
         for method in ("subsample", "bootstrap"):
             spec["uncertainty"]["method"] = method
-            took = median_cpu_seconds(
+            took = median_seconds(
                 lambda spec=spec: step_intervals(
                     point, spec, plain, split="train", step=0, dims=plan.dims
                 ),
                 repeats,
+                time.process_time,
             )
             print(
                 f"  intervals B = {b:<4} {method:<10} {took * 1e3:8.1f} ms  = "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1062,14 +1062,10 @@ def plot_comparison(
     :data:`COMPARISON_FIGURES`.
     """
     results = results_by_name(sources)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in splits:
-        fig = comparison_figure(results, split, normalise=normalise)
-        name = COMPARISON_FIGURES.get(split, f"comparison_{split}.png")
-        written.append(save_figure(fig, out_dir / name))
-    return written
+    return _per_split(
+        lambda split: comparison_figure(results, split, normalise=normalise),
+        out_dir, splits, COMPARISON_FIGURES, "comparison",
+    )  # fmt: skip
 
 
 def plot_family(
@@ -1085,14 +1081,26 @@ def plot_family(
     of :data:`FAMILY_FIGURES`.
     """
     results = results_by_name(sources)
+    return _per_split(
+        lambda split: family_figure(results, split, family=family),
+        out_dir, splits, FAMILY_FIGURES, "family",
+    )  # fmt: skip
+
+
+def _per_split(
+    draw: Callable[[str], Figure],
+    out_dir: str | os.PathLike,
+    splits: Sequence[str],
+    names: Mapping[str, str],
+    prefix: str,
+) -> list[Path]:
+    """Save ``draw(split)`` of every split to ``out_dir`` under ``names[split]``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in splits:
-        fig = family_figure(results, split, family=family)
-        name = FAMILY_FIGURES.get(split, f"family_{split}.png")
-        written.append(save_figure(fig, out_dir / name))
-    return written
+    return [
+        save_figure(draw(split), out_dir / names.get(split, f"{prefix}_{split}.png"))
+        for split in splits
+    ]
 
 
 def plot_training(
