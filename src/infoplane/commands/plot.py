@@ -15,7 +15,8 @@ OUT_DIR/training.png (loss and accuracy against epoch). With --compare (the resu
 presets on the same runs), writes OUT_DIR/comparison_train.png and comparison_test.png: per layer,
 every preset's trajectory, normalised by its own H(X) and H(Y) (--bits: unnormalised). With
 --family (the results of a sensitivity family's members), writes OUT_DIR/family_train.png and
-family_test.png: per layer, every member's trajectory and the band they span, in bits.
+family_test.png: per layer, every member's trajectory, the members of each step joined, and
+the band of I(X;T) against epoch they span, in bits.
 """
 
 
