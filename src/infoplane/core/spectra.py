@@ -13,9 +13,11 @@ Lanczos quadrature (SLQ):
    probes v projected by P, again by Lanczos quadrature.
 
 Both parts share one batched Lanczos recurrence (one N×N by N×(r + m) product per step) with
-full reorthogonalisation. The reported error combines the standard error over the probes with
-the quadrature's own error (the change from k/2 to k nodes); the tests hold both the estimate
-and its error against ``eigvalsh``.
+full reorthogonalisation. Each start vector's quadrature is bracketed: its k-point Gauss rule
+and its Gauss–Radau rule with a node fixed at 0 err on opposite sides for these functions, so the
+estimate takes their midpoint and half their distance is a bound on the quadrature error (Golub
+and Meurant). The reported error is the standard error over the probes, and that bound beside
+it; the tests hold both the estimate and its error against ``eigvalsh``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
+from infoplane.core.arrays import device, is_numpy, namespace, to_numpy
 from infoplane.core.distances import check_square_stack
 from infoplane.core.entropy import (
     _block_spectra,
@@ -43,10 +46,19 @@ _LN2 = math.log(2.0)
 
 @dataclass(frozen=True)
 class SpectralEstimate:
-    """An estimate of a spectral quantity and its standard error (same units)."""
+    """An estimate of a spectral quantity (same units for all three fields).
+
+    ``stderr`` is the standard error over the random probes; ``bound`` bounds the quadrature's
+    bias (the Gauss/Gauss–Radau bracket), which does not average out over probes.
+    """
 
     value: float
     stderr: float
+    bound: float = 0.0
+
+    def bar(self, z: float) -> float:
+        """The error bar of ``z`` standard errors plus the quadrature bound."""
+        return z * self.stderr + self.bound
 
 
 #: Below this |α − 1| the power sum is estimated as its offset from tr A = 1 (see below).
@@ -74,72 +86,122 @@ def _spectral_function(alpha: float) -> tuple[Any, float]:
     return terms, 0.0 if alpha == 1.0 or abs(alpha - 1.0) >= _NEAR_ONE else 1.0
 
 
-def _lanczos_quadrature(
-    a: np.ndarray, starts: np.ndarray, steps: int, fn
-) -> tuple[np.ndarray, np.ndarray]:
-    """``sᵀ f(A) s`` for every column s of ``starts`` (N, c) by ``steps``-point Gauss quadrature.
+def _lanczos_recurrence(
+    a: Any, starts: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lanczos tridiagonals of every column s of ``starts`` (N, c), run together.
 
-    One Lanczos recurrence per column, run together: each step is one product A @ (N, c), in
-    the dtype of ``a`` (a float32 operator halves the memory traffic that bounds it at large N;
-    the recurrence itself stays float64). Returns the quadrature of ``steps`` nodes and, from
-    the same recurrence, that of half as many: their difference bounds the quadrature error of
-    the first (Gauss quadrature converges monotonically in practice for the smooth-on-(0, 1]
-    functions used here).
+    Each step is one product A @ (N, c), in the dtype of ``a`` (a float32 operator halves the
+    memory traffic that bounds it at large N; the recurrence itself stays float64), with full
+    reorthogonalisation. ``a`` may be any array of the core (numpy, or torch on a GPU): the
+    recurrence runs on its device and only the tridiagonals come back to the host. Returns the
+    column norms (c,), the diagonals (steps, c) and the off-diagonals (steps, c), as numpy:
+    ``off[j]`` is β_{j+1}, so ``off[steps − 1]`` is the coupling to the next (not taken) step
+    that the Gauss–Radau rule needs.
     """
+    xp = namespace(a)
+    at = device(a)
     n, c = starts.shape
-    steps = max(1, min(steps, n))
     norms = np.linalg.norm(starts, axis=0)
-    live = norms > 0
-    q = np.zeros((c, n))  # the current Lanczos vector of every column, one row each
-    q[live] = (starts[:, live] / norms[live]).T
-    basis = np.zeros((c, steps, n))
-    diag = np.zeros((steps, c))
-    off = np.zeros((steps, c))
-    q_prev = np.zeros_like(q)
-    b_prev = np.zeros(c)
+    q = starts / np.where(norms > 0, norms, 1.0)  # a zero column stays zero
+    q = xp.asarray(np.ascontiguousarray(q.T), device=at)  # one Lanczos vector per row
+    basis = xp.zeros((c, steps, n), dtype=xp.float64, device=at)
+    diag = xp.zeros((steps, c), dtype=xp.float64, device=at)
+    off = xp.zeros((steps, c), dtype=xp.float64, device=at)
+    q_prev = xp.zeros_like(q)
+    b_prev = xp.zeros((c,), dtype=xp.float64, device=at)
     for j in range(steps):
-        basis[:, j] = q
-        w = np.asarray(a @ q.T.astype(a.dtype), dtype=np.float64).T
-        diag[j] = np.einsum("cn,cn->c", q, w)
-        w -= diag[j][:, None] * q + b_prev[:, None] * q_prev
+        basis[:, j, :] = q
+        w = xp.astype(a @ xp.astype(q.T, a.dtype), xp.float64, copy=False).T
+        diag[j, :] = xp.sum(q * w, axis=1)
+        w = w - (diag[j, :][:, None] * q + b_prev[:, None] * q_prev)
         # full reorthogonalisation (twice is enough) keeps the quadrature free of ghost nodes;
         # batched per column: (c, j, n) @ (c, n, 1)
-        done_basis = basis[:, : j + 1]
+        done_basis = basis[:, : j + 1, :]
         for _ in range(2):
-            coef = np.matmul(done_basis, w[:, :, None])
-            w -= np.matmul(done_basis.transpose(0, 2, 1), coef)[:, :, 0]
-        b = np.linalg.norm(w, axis=1)
+            coef = xp.matmul(done_basis, w[:, :, None])
+            w = w - xp.matmul(xp.permute_dims(done_basis, (0, 2, 1)), coef)[:, :, 0]
+        b = xp.linalg.vector_norm(w, axis=1)
         # an invariant subspace: the quadrature is exact; later nodes carry no weight
-        done = b <= 1e-12 * np.maximum(1.0, np.abs(diag[: j + 1]).max(axis=0))
-        b = np.where(done, 0.0, b)
-        off[j] = b
-        q_prev, q = q, np.where(done[:, None], 0.0, w / np.where(done, 1.0, b)[:, None])
+        scale = xp.maximum(xp.max(xp.abs(diag[: j + 1, :]), axis=0), xp.ones_like(b))
+        done = b <= 1e-12 * scale
+        b = xp.where(done, xp.zeros_like(b), b)
+        off[j, :] = b
+        q_prev = q
+        q = xp.where(
+            done[:, None], xp.zeros_like(w), w / xp.where(done, xp.ones_like(b), b)[:, None]
+        )
         b_prev = b
-    rules = [
-        (row, col, *eigh_tridiagonal(diag[:k, col], off[: k - 1, col]))
-        for col in np.flatnonzero(live)
-        for row, k in enumerate((steps, max(1, steps // 2)))
-    ]
+    return norms, to_numpy(diag), to_numpy(off)
+
+
+def _radau_rule(
+    diag: np.ndarray, off: np.ndarray, gauss: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the (k + 1)-point Gauss–Radau rule with a node fixed at 0.
+
+    ``gauss`` is the k-point Gauss rule of the same tridiagonal (nodes, eigenvectors). The Radau
+    rule appends the node 0 to the Jacobi matrix T_k: its new last diagonal entry is
+    ω = β_k² · [T_k⁻¹]_kk (Golub and Meurant, *Matrices, Moments and Quadrature*, ch. 6); the
+    caller makes sure T_k has no node at 0.
+    """
+    nodes, vectors = gauss
+    k = diag.size
+    omega = off[k - 1] ** 2 * float(np.sum(vectors[-1] ** 2 / nodes))
+    r_nodes, r_vectors = eigh_tridiagonal(np.append(diag, omega), off[:k])
+    return r_nodes, r_vectors[0] ** 2
+
+
+def _lanczos_quadrature(
+    a: Any, starts: np.ndarray, steps: int, fn
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sᵀ f(A) s`` for every column s of ``starts`` (N, c) by its Gauss and Gauss–Radau rules.
+
+    Both rules come from one ``steps``-step Lanczos recurrence (:func:`_lanczos_recurrence`).
+    For the functions used here (λ^α, λ^α − λ, −λ log λ), the derivatives of orders 2k and
+    2k + 1 have opposite signs on (0, 1] once 2k > α + 1. The k-point Gauss rule errs by the
+    sign of the first, the Radau rule fixed at the lower end of the spectrum, 0, by the sign of
+    the second, so the two bracket the true value for every start vector: their midpoint is the
+    estimate and half their distance bounds its quadrature error. Where the recurrence ended in
+    an invariant subspace, or the rule has a node at 0 already, both are the (exact) Gauss rule.
+    """
+    n = starts.shape[0]
+    steps = max(1, min(steps, n))
+    norms, diag, off = _lanczos_recurrence(a, starts, steps)
+    live = np.flatnonzero(norms > 0)
+    gauss = {
+        col: eigh_tridiagonal(diag[:, col], off[: steps - 1, col]) for col in live
+    }  # fmt: skip
     # as for eigvalsh: nodes below the rounding level N·eps·λ_max count as 0
-    top = max((float(nodes.max()) for _, _, nodes, _ in rules), default=0.0)
+    top = max((float(nodes.max()) for nodes, _ in gauss.values()), default=0.0)
     floor = n * np.finfo(np.float64).eps * top
-    values = np.zeros((2, c))
-    for row, col, nodes, vectors in rules:
-        nodes = np.where(nodes > floor, nodes, 0.0)
-        values[row, col] = norms[col] ** 2 * float(np.sum(vectors[0] ** 2 * fn(nodes)))
+    values = np.zeros((2, starts.shape[1]))
+    for col in live:
+        rules = [(gauss[col][0], gauss[col][1][0] ** 2)]
+        exact = off[steps - 1, col] == 0 or gauss[col][0].min() <= floor
+        rules.append(rules[0] if exact else _radau_rule(diag[:, col], off[:, col], gauss[col]))
+        for row, (nodes, weights) in enumerate(rules):
+            # the spectrum of a unit-trace PSD matrix lies in [0, 1]
+            nodes = np.clip(np.where(nodes > floor, nodes, 0.0), 0.0, 1.0)
+            values[row, col] = norms[col] ** 2 * float(np.sum(weights * fn(nodes)))
     return values[0], values[1]
 
 
-def _dominant_basis(a: np.ndarray, rank: int, rng: np.random.Generator) -> np.ndarray:
-    """Orthonormal (N, rank) basis of the dominant eigenspace: two subspace iterations."""
+def _dominant_basis(a: Any, rank: int, rng: np.random.Generator) -> np.ndarray:
+    """Orthonormal (N, rank) basis of the dominant eigenspace: two subspace iterations.
 
-    def product(x: np.ndarray) -> np.ndarray:
-        return np.asarray(a @ x.astype(a.dtype), dtype=np.float64)
+    The products run on the device of ``a``; the basis comes back as numpy (it is small), so
+    that the probes, drawn on the host, are the same on every device.
+    """
+    xp = namespace(a)
 
-    y = product(rng.standard_normal((a.shape[0], rank)))
+    def product(x: Any) -> Any:
+        return xp.astype(a @ xp.astype(x, a.dtype), xp.float64, copy=False)
+
+    y = product(xp.asarray(rng.standard_normal((a.shape[0], rank)), device=device(a)))
     for _ in range(2):
-        y = product(np.linalg.qr(y)[0])
-    return np.linalg.qr(y)[0]
+        y = product(xp.linalg.qr(y)[0])
+    return to_numpy(xp.linalg.qr(y)[0])
 
 
 def _trace_function(
@@ -153,12 +215,13 @@ def _trace_function(
     basis = _dominant_basis(a, rank, rng) if rank else np.zeros((n, 0))
     v = rng.choice(np.array([-1.0, 1.0]), size=(n, probes))
     v -= basis @ (basis.T @ v)  # P v: the probes see only the rest of the spectrum
-    quad, coarse = _lanczos_quadrature(a, np.concatenate([basis, v], axis=1), steps, fn)
-    total = quad[:rank].sum() + quad[rank:].mean()
-    # probe variance, and the quadrature's own error (its change from half the nodes)
-    sampling = quad[rank:].std(ddof=1) / math.sqrt(probes)
-    quadrature = abs(total - (coarse[:rank].sum() + coarse[rank:].mean()))
-    return SpectralEstimate(float(offset + total), float(math.hypot(sampling, quadrature)))
+    gauss, radau = _lanczos_quadrature(a, np.concatenate([basis, v], axis=1), steps, fn)
+    # per start vector: the midpoint of the bracket, and half its width (a bound)
+    mid, half = (gauss + radau) / 2.0, np.abs(gauss - radau) / 2.0
+    total = mid[:rank].sum() + mid[rank:].mean()
+    sampling = mid[rank:].std(ddof=1) / math.sqrt(probes)
+    bound = half[:rank].sum() + half[rank:].mean()
+    return SpectralEstimate(float(offset + total), float(sampling), float(bound))
 
 
 def _entropy_from_sum(est: SpectralEstimate, alpha: float) -> SpectralEstimate:
@@ -168,7 +231,8 @@ def _entropy_from_sum(est: SpectralEstimate, alpha: float) -> SpectralEstimate:
     # S = log2 tr(A^α) / (1 − α), its error propagated to first order
     total = max(est.value, np.finfo(float).tiny)
     value = math.log2(total) / (1.0 - alpha)
-    return SpectralEstimate(value, est.stderr / (abs(1.0 - alpha) * total * _LN2))
+    scale = 1.0 / (abs(1.0 - alpha) * total * _LN2)
+    return SpectralEstimate(value, est.stderr * scale, est.bound * scale)
 
 
 def trace_function_estimate(
@@ -215,7 +279,7 @@ def renyi_entropy_estimate(
     rank: int = 32,
     seed: int = 0,
 ) -> SpectralEstimate:
-    """Randomized matrix-based Rényi entropy (bits) of one Gram, with its standard error.
+    """Randomized matrix-based Rényi entropy (bits) of one Gram, with its errors.
 
     The Gram is trace-normalised first (A = K / tr K). S_α = log2 tr(A^α) / (1 − α), and the
     error of tr(A^α) is propagated to first order; α = 1 is −tr(A log2 A) directly. See
@@ -238,7 +302,8 @@ def renyi_entropy_estimate(
 # --------------------------------------------------------------------------------------------
 # the information plane of one point, one layer at a time (large N)
 
-#: The reported error bar of a randomized entropy, in standard errors.
+#: The reported error bar of a randomized entropy: this many standard errors over the probes,
+#: plus the quadrature's bound.
 ERROR_BAR = 3.0
 
 
@@ -263,17 +328,21 @@ class Entropy:
     clipped: float = 0.0
 
 
-def _normalised(gram: np.ndarray, other: np.ndarray | None, dtype: str) -> np.ndarray:
-    """(gram ∘ other) / tr(gram ∘ other) in ``dtype``, without a float64 temporary."""
-    out = np.empty(gram.shape, dtype=dtype)
-    if other is None:
-        np.copyto(out, gram, casting="same_kind")
+def _normalised(gram: Any, other: Any, dtype: str) -> Any:
+    """(gram ∘ other) / tr(gram ∘ other) in ``dtype`` (on numpy without a float64 temporary)."""
+    xp = namespace(gram, other)
+    if is_numpy(xp):
+        out = np.empty(gram.shape, dtype=dtype)
+        if other is None:
+            np.copyto(out, gram, casting="same_kind")
+        else:
+            np.multiply(gram, other, out=out, casting="same_kind")
     else:
-        np.multiply(gram, other, out=out, casting="same_kind")
-    trace = float(np.trace(out, dtype=np.float64))
+        out = xp.astype(gram if other is None else gram * other, getattr(xp, dtype))
+    trace = float(xp.sum(xp.astype(xp.linalg.diagonal(out), xp.float64)))
     if not trace > 0:
         raise InputError("a Gram matrix has a trace <= 0 (check the kernel width and the inputs)")
-    out *= out.dtype.type(1.0 / trace)
+    out *= 1.0 / trace
     return out
 
 
@@ -285,7 +354,7 @@ def _randomized(
         a, alpha, spectrum["probes"], spectrum["steps"], spectrum["rank"], seed
     )  # fmt: skip
     est = _entropy_from_sum(est, alpha)
-    return Entropy(est.value, ERROR_BAR * est.stderr)
+    return Entropy(est.value, est.bar(ERROR_BAR))
 
 
 def _exact(gram: np.ndarray, other: np.ndarray | None, alpha: float) -> Entropy:
