@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from infoplane.core import spectra
 from infoplane.core.distances import squared_distances
 from infoplane.core.entropy import renyi_entropy
 from infoplane.core.kernels import gaussian_gram
-from infoplane.core import spectra
 from infoplane.core.spectra import renyi_entropy_estimate
 from infoplane.errors import InputError
 

@@ -89,7 +89,7 @@ DEFAULT_SPECTRUM: dict[str, Any] = {
     "threshold": 3000,
     "probes": 64,
     "rank": 32,
-    "steps": 20,
+    "steps": 12,
     "seed": 0,
     "dtype": "float32",
     "tolerance": 0.1,
