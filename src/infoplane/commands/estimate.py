@@ -44,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="search the alignment widths again instead of reusing those an earlier preset "
         "with the same search kept in the distance cache, and keep none",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where the Grams and spectra are computed: auto (a CUDA GPU when torch sees one, "
+        "else numpy on the CPU), cpu, cuda, cuda:N or torch-cpu (default: $INFOPLANE_DEVICE, "
+        "else auto)",
+    )
     add_cluster_arguments(parser)
     parser.set_defaults(handler=run_estimate)
 
@@ -80,6 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_estimate(args: argparse.Namespace) -> int:
     from infoplane.estimate.cluster import cluster_options, read_cluster_config
+    from infoplane.estimate.devices import check_device, default_device
     from infoplane.estimate.pipeline import estimate
     from infoplane.presets import resolve_preset
 
@@ -94,6 +102,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         store=args.store,
         splits=args.splits,
         keep_widths=args.keep_widths,
+        device=default_device() if args.device is None else check_device(args.device),
         **cluster_options(args, fallback),
     )
     n_nan = int(result["I_XT"].isnull().sum())

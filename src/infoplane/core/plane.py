@@ -1,5 +1,9 @@
 """The information plane of one (split, step) point, from its arrays: pure, numpy in and out.
 
+The point's distances and widths stay on the host; its Grams, entropies and spectra are computed
+on whichever device ``to_device`` puts them (numpy when None; a torch GPU through
+:mod:`infoplane.core.arrays`), by the same functions. Outputs are numpy and floats either way.
+
 A point's inputs are the squared distances of its layers ``d2`` (L, N, N), of its inputs
 ``d2_x`` (N, N), its labels ``y`` (N,) and the flags ``nonfinite`` (L,) / ``nonfinite_x`` (a
 layer's or the input's activations were NaN/Inf: no distances). :func:`search_step` returns the
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from infoplane.core.arrays import namespace, to_numpy
 from infoplane.core.entropy import information_plane, renyi_entropy
 from infoplane.core.kernels import gaussian_gram, label_gram, multivariate_gram
 from infoplane.core.spectra import layer_entropies, plane_factor, randomized_at
@@ -43,6 +48,12 @@ _PLANE_KEYS = ("I_XT", "I_TY", "H_T", "H_XT", "H_TY", "clipped_mass")
 
 Failures = list[tuple[str, str]]
 _JOINT_KEYS = ("H_T", "H_XT", "H_TY")
+#: Moves a host (numpy) array to the device its Grams are computed on.
+ToDevice = Callable[[np.ndarray], Any]
+
+
+def _on_host(a: np.ndarray) -> np.ndarray:
+    return a
 
 
 def rule_width(rule: Mapping[str, Any], d2: np.ndarray, dim: int, gram_y: Any = None) -> Any:
@@ -103,8 +114,9 @@ def _tensor_gram(
     gram_y: np.ndarray,
     sigma: np.ndarray | None,
     out: dict[str, Any],
-) -> np.ndarray | None:
-    """Gram of layer ``i`` with the tensor kernel; fills its widths in ``out``."""
+    to_device: ToDevice = _on_host,
+) -> Any:
+    """Gram of layer ``i`` with the tensor kernel, on the device; fills its widths in ``out``."""
     if sigma is not None:
         out["sigma"][i] = sigma[i]
     elif rule["rule"] == "alignment":
@@ -120,17 +132,19 @@ def _tensor_gram(
         out["sigma"][i] *= rule["scale"]
     if not np.isfinite(out["sigma"][i]):
         return None
-    return gaussian_gram(d2, out["sigma"][i])
+    return gaussian_gram(to_device(d2), out["sigma"][i])
 
 
-def _multivariate_gram(i: int, d2c: np.ndarray, dim: int, rule: Mapping, out: dict) -> np.ndarray:
+def _multivariate_gram(
+    i: int, d2c: np.ndarray, dim: int, rule: Mapping, out: dict, to_device: ToDevice = _on_host
+) -> Any:
     """Gram of layer ``i``: the Hadamard product of its per-channel Grams (Yu et al.)."""
     # the rules take a stack of matrices: one width per channel in one call
     widths = rule_width(rule, d2c, dim // d2c.shape[0])
     sigmas = np.broadcast_to(np.asarray(widths, dtype=np.float64), d2c.shape[:1])
     # the one shared width giving the same kernel when channels contribute equally
     out["sigma"][i] = float(np.mean(sigmas**-2.0) ** -0.5)
-    return multivariate_gram(d2c, sigmas)
+    return multivariate_gram(to_device(d2c), sigmas)
 
 
 def _each_layer_gram(
@@ -143,7 +157,8 @@ def _each_layer_gram(
     channel_d2: Callable[[int], np.ndarray] | None,
     out: dict[str, Any],
     failures: Failures,
-) -> Iterator[tuple[int, np.ndarray]]:
+    to_device: ToDevice = _on_host,
+) -> Iterator[tuple[int, Any]]:
     """``(i, Gram)`` of every estimable layer, one at a time; fills the widths in ``out``."""
     for i, layer in enumerate(layers):
         if point["nonfinite"][i]:
@@ -153,10 +168,14 @@ def _each_layer_gram(
             if preset["kernel"] == "multivariate":
                 if channel_d2 is None:
                     raise InputError("the multivariate kernel needs per-channel distances")
-                gram = _multivariate_gram(i, channel_d2(i), dims[i], preset["channel_width"], out)
+                gram = _multivariate_gram(
+                    i, channel_d2(i), dims[i], preset["channel_width"], out, to_device
+                )  # fmt: skip
             else:
                 rule = preset["layer_width"]
-                gram = _tensor_gram(i, point["d2"][i], dims[i], rule, gram_y, sigma, out)
+                gram = _tensor_gram(
+                    i, point["d2"][i], dims[i], rule, gram_y, sigma, out, to_device
+                )  # fmt: skip
         except InputError as exc:
             failures.append((layer, str(exc)))
             continue
@@ -183,9 +202,10 @@ def _information_plane(
     order = sorted(grams)
     if not order:
         return {}
+    xp = namespace(gram_x)
     try:
         batches = [
-            (order, information_plane(gram_x, np.stack([grams[i] for i in order]), gram_y, alpha))
+            (order, information_plane(gram_x, xp.stack([grams[i] for i in order]), gram_y, alpha))
         ]
     except InputError:
         batches = []
@@ -198,7 +218,7 @@ def _information_plane(
     for members, result in batches:
         plane["H_X"], plane["H_Y"] = float(result["H_X"]), float(result["H_Y"])
         for k, i in enumerate(members):
-            plane[i] = {key: float(np.asarray(result[key])[k]) for key in _PLANE_KEYS}
+            plane[i] = {key: float(to_numpy(result[key])[k]) for key in _PLANE_KEYS}
     return plane
 
 
@@ -213,6 +233,7 @@ def estimate_step(
     channel_d2: Callable[[int], np.ndarray] | None = None,
     spectrum: Mapping[str, Any] | None = None,
     seed: Sequence[int] = (0,),
+    to_device: ToDevice | None = None,
 ) -> dict[str, Any]:
     """Entropies, MI and diagnostics of every layer of one point under ``preset``.
 
@@ -239,6 +260,10 @@ def estimate_step(
         Seeds the randomized spectra of this point (ints; the caller mixes in the preset's
         seed and the point's split and step, so that points are independent and reproducible
         in any order).
+    to_device
+        Moves a host array to the device the Grams and spectra are computed on (a torch GPU,
+        see :func:`infoplane.estimate.devices.array_mover`); None computes them with numpy.
+        Widths are chosen on the host either way.
 
     Returns
     -------
@@ -253,16 +278,18 @@ def estimate_step(
     out["randomized"] = False
     failures: Failures = []
     alpha = preset["alpha"]
-    gram_y = label_gram(point["y"])
+    to_device = _on_host if to_device is None else to_device
+    host_y = label_gram(point["y"])  # the widths are chosen on the host
+    gram_y = to_device(host_y)
     out["H_X"] = out["sigma_x"] = np.nan
     if bool(point["nonfinite_x"]):
         out["H_Y"] = float(renyi_entropy(gram_y, alpha))
         out["failures"] = [(layer, "non-finite network inputs") for layer in layers]
         return out
     out["sigma_x"] = rule_width(preset["input_width"], point["d2_x"], dim_x)
-    gram_x = gaussian_gram(point["d2_x"], out["sigma_x"])
+    gram_x = gaussian_gram(to_device(point["d2_x"]), out["sigma_x"])
     each_gram = _each_layer_gram(
-        point, preset, layers, dims, gram_y, sigma, channel_d2, out, failures
+        point, preset, layers, dims, host_y, sigma, channel_d2, out, failures, to_device
     )  # fmt: skip
     if alpha != 2.0 and randomized_at(spectrum, gram_x.shape[0]):
         out["randomized"] = True

@@ -46,6 +46,7 @@ from infoplane.core.spectra import randomized_at
 from infoplane.core.widths import smooth_along_steps
 from infoplane.errors import ConfigError, StoreError, warn_nan_points
 from infoplane.estimate.cluster import client_or, run_batched
+from infoplane.estimate.devices import array_mover, check_device
 from infoplane.estimate.distances import channel_distances, load_point, step_activations
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
@@ -211,6 +212,7 @@ def estimate_step_task(
     preset: Mapping[str, Any],
     sigma: np.ndarray | None = None,
     step: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Task: entropies, MI and diagnostics of every layer at one (split, step).
 
@@ -220,6 +222,9 @@ def estimate_step_task(
     :mod:`infoplane.core.binning` (from the activations) or :mod:`infoplane.core.kde` (from the
     distances). A preset with an ``uncertainty`` adds the intervals of
     :func:`infoplane.core.resample.step_intervals`, seeded by ``step`` (the training step).
+    ``device`` (:mod:`infoplane.estimate.devices`, resolved on the worker) is where the matrix
+    estimator's Grams and spectra are computed; the other estimators and the intervals run on
+    the CPU.
     """
     estimator = estimator_of(preset)
     if estimator == "binning":
@@ -241,7 +246,7 @@ def estimate_step_task(
     plain = estimate_step(
         data, preset, layers=source.layers, dims=source.dims, dim_x=source.dim_x, sigma=sigma,
         channel_d2=channel_d2 if multivariate else None, spectrum=spectrum,
-        seed=(spectrum["seed"], SPLITS.index(split), step),
+        seed=(spectrum["seed"], SPLITS.index(split), step), to_device=array_mover(device),
     )  # fmt: skip
     if uncertainty_of(preset) is None:
         return plain
@@ -326,6 +331,7 @@ def estimate(
     scheduler_address: str | None = None,
     cluster_config: Mapping[str, Any] | None = None,
     keep_widths: bool = True,
+    device: str = "auto",
 ) -> Any:
     """Estimate the information plane of one run with one preset.
 
@@ -349,6 +355,11 @@ def estimate(
         With a distance cache and the alignment rule: reuse the argmax widths of an
         earlier estimate with the same search (grid, points, label kernel), kept in the cache,
         and keep this search's widths for later ones. False searches again and keeps nothing.
+    device
+        Where the Grams and spectra of the matrix estimator are computed (see
+        :mod:`infoplane.estimate.devices`): ``auto`` (a GPU when the worker has one, else
+        numpy on the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``torch-cpu``. Resolved on each
+        worker; results agree across devices to rounding.
 
     Returns
     -------
@@ -356,13 +367,14 @@ def estimate(
         The result, in memory.
     """
     preset = validate_preset(preset, name)
+    device = check_device(device)
     # the lock of ``out`` is held from the start: a second estimate to the same result fails
     # before it computes anything
     with exclusive(out) if out is not None else contextlib.nullcontext():
         return _estimate(
             source, preset, name=name, out=out, store=store, splits=splits, client=client,
             workers=workers, scheduler_address=scheduler_address,
-            cluster_config=cluster_config, keep_widths=keep_widths,
+            cluster_config=cluster_config, keep_widths=keep_widths, device=device,
         )  # fmt: skip
 
 
@@ -379,6 +391,7 @@ def _estimate(
     scheduler_address: str | None,
     cluster_config: Mapping[str, Any] | None,
     keep_widths: bool,
+    device: str,
 ) -> Any:
     """:func:`estimate` with the lock of ``out`` held."""
     src, split_steps, attrs = plan_source(
@@ -415,7 +428,16 @@ def _estimate(
                 ]
         sigmas = None if widths is None else _layer_widths(widths, split_steps, rule)
         calls = [
-            (src, split, int(at.index[k]), _at(at.store_index, k), preset, sigma, int(at.steps[k]))
+            (
+                src,
+                split,
+                int(at.index[k]),
+                _at(at.store_index, k),
+                preset,
+                sigma,
+                int(at.steps[k]),
+                device,
+            )
             for split, k in where
             for at, sigma in [(split_steps[split], _at(sigmas, split, k))]
         ]
