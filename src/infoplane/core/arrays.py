@@ -146,7 +146,7 @@ def symmetric_product(a: Any, xp: Any, out: Any = None) -> Any:
     if is_numpy(xp):
         return np.matmul(a, a.T, out=out)
     p = a @ xp.matrix_transpose(a)
-    p += xp.matrix_transpose(p)  # (p + pᵀ)ᵢⱼ and (p + pᵀ)ⱼᵢ are the same sum
+    p = p + xp.matrix_transpose(p)  # (p + pᵀ)ᵢⱼ and (p + pᵀ)ⱼᵢ are the same sum
     p *= 0.5
     return p
 

@@ -132,7 +132,7 @@ def gaussian_gram(d2: Any, sigma: Any) -> Any:
     s = check_widths(sigma, batch)
     # One factor per row of the stack seen as (M·N, N) rows; the same float64 factor as the
     # whole-matrix product d2 * scale, so the same bits.
-    scale = np.broadcast_to((-1.0 / s**2)[..., None, None], (*batch, n, 1)).reshape(-1, 1)
+    scale = np.array(np.broadcast_to((-1.0 / s**2)[..., None, None], (*batch, n, 1)).reshape(-1, 1))
     scale = xp.asarray(scale, device=device(d2))
     rows_of = xp.reshape(d2, (-1, n))
     out = xp.empty(rows_of.shape, dtype=xp.float64, device=device(d2))
@@ -203,7 +203,7 @@ def multivariate_gram(d2_channels: Any, sigmas: Any) -> np.ndarray:
     if d2.ndim != 3:
         raise InputError(f"d2_channels must have shape (C, N, N), got {tuple(d2.shape)}")
     s = check_widths(sigmas, (d2.shape[0],), "sigmas")
-    weights = xp.asarray(np.broadcast_to(1.0 / s**2, (d2.shape[0],)), device=device(d2))
+    weights = xp.asarray(np.array(np.broadcast_to(1.0 / s**2, (d2.shape[0],))), device=device(d2))
     out = xp.tensordot(weights, d2, axes=1)
     out *= -1.0
     return exp_flushed(out)
