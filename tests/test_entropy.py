@@ -441,6 +441,8 @@ def test_torch_inputs_raise_the_same_errors():
         mutual_information(torch.eye(3), torch.eye(4))
     with pytest.raises(InputError, match=r"\(L, N, N\)"):
         information_plane(torch.eye(3), torch.eye(3)[None, None], torch.eye(3))
+    with pytest.raises(InputError, match="mix array libraries"):
+        mutual_information(np.eye(3), torch.eye(3))
 
 
 @needs_torch

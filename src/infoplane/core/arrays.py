@@ -16,6 +16,8 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_numpy_namespace, is_torch_namespace
 from scipy import special
 
+from infoplane.errors import InputError
+
 __all__ = [
     "as_float64",
     "clip_below_",
@@ -48,7 +50,14 @@ def namespace(*arrays: Any) -> Any:
     arrays = tuple(a for a in arrays if a is not None)
     if not arrays or all(_is_plain(a) for a in arrays):
         return array_namespace(np.empty(0))
-    return array_namespace(*(a for a in arrays if not _is_plain(a)))
+    try:
+        return array_namespace(*(a for a in arrays if not _is_plain(a)))
+    except TypeError:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        raise InputError(
+            f"the inputs mix array libraries ({', '.join(kinds)}); convert them to one library "
+            "and device first (all numpy, or all torch tensors on one device)"
+        ) from None
 
 
 def _is_plain(a: Any) -> bool:

@@ -3,7 +3,12 @@
 ``d2[i, j] = ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩`` on the flattened samples: one symmetric rank-k update
 (GEMM/SYRK) per block of features, never an ``N × N × D`` intermediate. Blocks are cast to float64
 (and shifted by sample 0, which removes most of the cancellation of the identity) in a reusable
-buffer, so the memory is O(N² + N·block) whatever the width of the layer.
+buffer, so the memory is O(N² + N·block) whatever the width of the layer. The first block's
+product is the accumulator (no pass to add it to zeros), and on numpy the finish (norms, −2·Gram,
+clip) runs row block by row block in cache: one pass over the N×N result.
+
+The functions take numpy arrays or torch tensors (any device) and return float64 arrays of the
+same library on the same device, by one code path (:mod:`infoplane.core.arrays`).
 
 This module also holds the input checks shared by the numerical core.
 """

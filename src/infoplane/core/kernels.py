@@ -3,6 +3,10 @@
 Convention (the paper's code): κ_σ(a, b) = exp(−‖a − b‖² / σ²), no factor 2. On flattened
 activation tensors this is the tensor kernel; widths from rules stated for exp(−d²/(2s²)) convert
 with σ = √2·s (see :mod:`infoplane.core.widths`).
+
+Distances and labels may be numpy arrays or torch tensors (any device); the Grams are float64
+arrays of the same library on the same device. Widths are a handful of numbers, checked on the
+host.
 """
 
 from __future__ import annotations
