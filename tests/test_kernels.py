@@ -143,8 +143,9 @@ def test_bad_labels_raise():
 
 
 def test_gaussian_gram_of_a_large_stack_spans_row_blocks(rng):
-    # 3 × 400 rows of 400: several row blocks of the fused scale-and-exp pass, across matrices.
-    d2 = np.stack([squared_distances(rng.standard_normal((400, 3))) for _ in range(3)])
+    # 3 × 300 rows of 300: row blocks of the fused scale-and-exp pass (436 rows of 1 MiB each)
+    # that cross the boundaries between matrices.
+    d2 = np.stack([squared_distances(rng.standard_normal((300, 3))) for _ in range(3)])
     sigmas = np.array([0.3, 1.0, 3.0])
     out = gaussian_gram(d2.astype(np.float32), sigmas)
     assert out.dtype == np.float64 and out.shape == d2.shape

@@ -104,8 +104,10 @@ def _finish(gram: Any, xp: Any) -> Any:
 
 
 def _gram_of_samples(flat: Any, xp: Any, block_size: int | None) -> Any:
-    """Σ over feature blocks of (b − b₀)(b − b₀)ᵀ in float64: the Gram matrix of the samples
-    shifted by sample 0, exactly symmetric."""
+    """The float64 Gram matrix of the samples shifted by sample 0, exactly symmetric.
+
+    Σ over feature blocks b of (b − b₀)(b − b₀)ᵀ, one symmetric product per block.
+    """
     n, d = flat.shape
     dev = device(flat)
     if not d:

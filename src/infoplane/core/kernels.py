@@ -154,7 +154,7 @@ def gaussian_gram(d2: Any, sigma: Any) -> Any:
     return xp.reshape(out, tuple(d2.shape))
 
 
-def label_gram(y: Any) -> np.ndarray:
+def label_gram(y: Any) -> Any:
     """Class-equality indicator kernel ``K[i, j] = 1 if y_i == y_j else 0``.
 
     This is what the paper's σ_Y = 0.1 RBF on one-hot labels gives; its entropy is the Shannon
@@ -184,7 +184,7 @@ def label_gram(y: Any) -> np.ndarray:
     return xp.astype(y[:, None] == y[None, :], xp.float64)
 
 
-def multivariate_gram(d2_channels: Any, sigmas: Any) -> np.ndarray:
+def multivariate_gram(d2_channels: Any, sigmas: Any) -> Any:
     """Channel-wise (multivariate) Gram matrix: Hadamard product of per-channel RBF Grams.
 
     ``Π_c exp(−d2_c / σ_c²) = exp(−Σ_c d2_c / σ_c²)``; computed in the second form (one exp).
