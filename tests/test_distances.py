@@ -7,11 +7,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from infoplane.core.distances import channel_squared_distances, squared_distances
+from infoplane.core.distances import (
+    channel_squared_distances,
+    check_square_stack,
+    squared_distances,
+    squared_distances_or_nan,
+)
 from infoplane.errors import InputError
-from infoplane.torch_core import squared_distances_torch
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # the numpy tests still run
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 
 def _assert_distance_matrix(d2: np.ndarray, n: int) -> None:
@@ -72,8 +81,10 @@ def test_input_is_not_modified(rng):
     x = rng.standard_normal((4, 6))
     before = x.copy()
     squared_distances(x)
-    squared_distances_torch(torch.from_numpy(x))
     np.testing.assert_array_equal(x, before)
+    if torch is not None:  # a float64 tensor is used without a copy: the shift must not leak
+        squared_distances(torch.from_numpy(x))
+        np.testing.assert_array_equal(x, before)
 
 
 @settings(max_examples=50, deadline=None)
@@ -101,17 +112,6 @@ def test_channel_distances_sum_to_the_layer_distances(rng):
     np.testing.assert_allclose(per_channel.sum(axis=0), squared_distances(x), rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_torch_twin_agrees_with_numpy(rng, dtype):
-    x = torch.from_numpy(rng.standard_normal((9, 4, 6, 6))).to(dtype)
-    d2_t = squared_distances_torch(x, block_size=50)
-    assert d2_t.dtype == torch.float64 and d2_t.device == x.device
-    d2 = squared_distances(x.numpy())
-    np.testing.assert_allclose(d2_t.numpy(), d2, rtol=1e-10, atol=1e-10)
-    np.testing.assert_array_equal(torch.diagonal(d2_t).numpy(), 0.0)
-    np.testing.assert_array_equal(d2_t.numpy(), d2_t.numpy().T)
-
-
 @pytest.mark.parametrize(
     ("x", "match"),
     [
@@ -133,12 +133,109 @@ def test_non_finite_samples_are_named(rng, bad):
     x[4, 1, 2] = bad
     with pytest.raises(InputError, match=r"NaN or Inf in sample\(s\) 4 "):
         squared_distances(x)
-    with pytest.raises(InputError, match="NaN or Inf"):
-        squared_distances_torch(torch.from_numpy(x))
 
 
-def test_bad_block_size_and_torch_errors():
+def test_bad_block_size_raises():
     with pytest.raises(InputError, match="block_size"):
         squared_distances(np.ones((3, 3)), block_size=0)
-    with pytest.raises(InputError, match="at least 2 samples"):
-        squared_distances_torch(torch.ones(1, 3))
+
+
+def test_a_single_block_and_many_blocks_agree(rng):
+    # The first block's product is written straight into the accumulator; later ones are added.
+    x = rng.standard_normal((40, 30))
+    one = squared_distances(x, block_size=30)
+    many = squared_distances(x, block_size=4)
+    _assert_distance_matrix(one, 40)
+    np.testing.assert_allclose(one, many, rtol=1e-12, atol=1e-12 * one.max())
+
+
+def test_large_n_finish_is_exactly_symmetric_across_row_blocks(rng):
+    # N = 600 spans several row blocks of the fused finish.
+    x = rng.standard_normal((600, 5)).astype(np.float32)
+    d2 = squared_distances(x)
+    _assert_distance_matrix(d2, 600)
+    np.testing.assert_allclose(d2, ref.squared_distances(x), rtol=1e-10, atol=1e-12 * d2.max())
+
+
+def test_or_nan_flags_non_finite_steps(rng):
+    x = rng.standard_normal((5, 3))
+    d2, nonfinite = squared_distances_or_nan(x)
+    assert not nonfinite
+    np.testing.assert_array_equal(d2, squared_distances(x))
+    x[2, 1] = np.inf
+    d2, nonfinite = squared_distances_or_nan(x)
+    assert nonfinite and d2.shape == (5, 5) and np.isnan(d2).all()
+
+
+# --- torch tensors: the same functions, results on the input's device ------------------------
+
+
+def _assert_torch_matches(result, expected, like):
+    """``result`` is a float64 tensor on the device of ``like`` that equals numpy's ``expected``."""
+    assert isinstance(result, torch.Tensor)
+    assert result.dtype == torch.float64 and result.device == like.device
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(result.cpu().numpy(), expected, rtol=1e-12, atol=1e-12 * scale)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block_size", [None, 50])
+def test_torch_tensors_match_numpy(rng, dtype, block_size):
+    x = torch.from_numpy(rng.standard_normal((9, 4, 6, 6))).to(getattr(torch, dtype))
+    d2 = squared_distances(x, block_size=block_size)
+    _assert_torch_matches(d2, squared_distances(x.numpy(), block_size=block_size), x)
+    np.testing.assert_array_equal(torch.diagonal(d2).numpy(), 0.0)
+    np.testing.assert_array_equal(d2.numpy(), d2.numpy().T)  # exactly symmetric on torch too
+    assert (d2 >= 0).all()
+
+
+@needs_torch
+def test_torch_integer_input_and_channels(rng):
+    x = torch.arange(12).reshape(4, 3)
+    np.testing.assert_array_equal(squared_distances(x).numpy(), ref.squared_distances(x.numpy()))
+    conv = torch.from_numpy(rng.standard_normal((6, 5, 3, 3)).astype(np.float32))
+    per_channel = channel_squared_distances(conv)
+    assert per_channel.shape == (5, 6, 6)
+    _assert_torch_matches(per_channel, channel_squared_distances(conv.numpy()), conv)
+
+
+@needs_torch
+def test_torch_or_nan_and_square_stack(rng):
+    x = torch.from_numpy(rng.standard_normal((5, 3)))
+    d2, nonfinite = squared_distances_or_nan(x)
+    assert not nonfinite
+    _assert_torch_matches(d2, squared_distances(x.numpy()), x)
+    x[3, 0] = float("nan")
+    d2, nonfinite = squared_distances_or_nan(x)
+    assert nonfinite and isinstance(d2, torch.Tensor) and d2.dtype == torch.float64
+    assert torch.isnan(d2).all()
+    stack = check_square_stack(torch.eye(3, dtype=torch.float32)[None], "a")
+    assert stack.dtype == torch.float64 and stack.shape == (1, 3, 3)
+    with pytest.raises(InputError, match="a contains NaN or Inf"):
+        check_square_stack(torch.full((3, 3), float("inf")), "a")
+    with pytest.raises(InputError, match=r"square matrices \(\.\.\., N, N\), got \(3, 4\)"):
+        check_square_stack(torch.ones(3, 4), "a")
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: torch.ones(1, 4), "at least 2 samples"),
+        (lambda: torch.tensor(3.0), "leading sample axis"),
+        (lambda: torch.ones(3, 2, dtype=torch.complex64), "real numbers"),
+    ],
+)
+def test_torch_bad_input_raises_the_same_errors(make, match):
+    with pytest.raises(InputError, match=match):
+        squared_distances(make())
+
+
+@needs_torch
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_torch_non_finite_samples_are_named(rng, bad):
+    x = rng.standard_normal((6, 3, 3)).astype(np.float32)
+    x[4, 1, 2] = bad
+    with pytest.raises(InputError, match=r"NaN or Inf in sample\(s\) 4 "):
+        squared_distances(torch.from_numpy(x))

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from infoplane.core import entropy
 from infoplane.core.distances import squared_distances
 from infoplane.core.entropy import (
     information_plane,
@@ -17,12 +18,13 @@ from infoplane.core.entropy import (
 from infoplane.core.kernels import gaussian_gram, label_gram
 from infoplane.core.widths import alignment_width
 from infoplane.errors import InputError
-from infoplane.torch_core import (
-    information_plane_torch,
-    joint_entropy_torch,
-    mutual_information_torch,
-    renyi_entropy_torch,
-)
+
+try:
+    import torch
+except ImportError:  # the numpy tests still run
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 ALPHAS = [0.5, 1.0, 1.01, 2.0, 3.0, 5.5]
 TOL = 1e-9
@@ -343,45 +345,130 @@ def test_information_plane_accepts_a_single_layer_matrix(rng):
     assert ip["H_T"].shape == (1,)
 
 
-# --- torch twins -----------------------------------------------------------------------------
+# --- torch tensors: the same functions, results on the input's device ------------------------
 
 
-@pytest.mark.parametrize("alpha", [1.0, 1.01, 2.0])
-def test_torch_twins_agree_with_numpy(rng, alpha):
-    torch = pytest.importorskip("torch")
+def _assert_torch_matches(result, expected, like):
+    """``result`` is a float64 tensor on the device of ``like`` that equals numpy's ``expected``."""
+    assert isinstance(result, torch.Tensor)
+    assert result.dtype == torch.float64 and result.device == like.device
+    # entropies are O(log2 N) bits: absolute for values near 0 (MI, clipped mass), else relative
+    np.testing.assert_allclose(result.cpu().numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def _count_block_spectra(monkeypatch):
+    calls = []
+    original = entropy._block_spectra
+
+    def spy(factor, layers, blocks):
+        calls.append((type(factor), type(layers), [type(b) for b in blocks]))
+        return original(factor, layers, blocks)
+
+    monkeypatch.setattr(entropy, "_block_spectra", spy)
+    return calls
+
+
+@needs_torch
+@pytest.mark.parametrize("alpha", [1.0, 1.01, 0.5, 2.0, 3.0, np.inf])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_entropies_match_numpy(rng, alpha, dtype):
     gram_x, grams, y = _step(rng)
     gram_y = label_gram(y)
+    x, t, ty = (torch.from_numpy(m).to(getattr(torch, dtype)) for m in (gram_x, grams, gram_y))
+    gram_x, grams, gram_y = (m.numpy().astype(np.float64) for m in (x, t, ty))
+    h, c = renyi_entropy(t, alpha, return_clipped=True)
+    expected_h, expected_c = renyi_entropy(grams, alpha, return_clipped=True)
+    _assert_torch_matches(h, expected_h, t)
+    _assert_torch_matches(c, expected_c, t)
+    _assert_torch_matches(joint_entropy([x, t], alpha), joint_entropy([gram_x, grams], alpha), t)
+    _assert_torch_matches(
+        mutual_information(t, ty, alpha), mutual_information(grams, gram_y, alpha), t
+    )
+    single = renyi_entropy(t[0], alpha)
+    assert single.shape == () and single.dtype == torch.float64
+
+
+@needs_torch
+@pytest.mark.parametrize("alpha", [1.0, 1.01, 2.0])
+@pytest.mark.parametrize("label_kernel", ["indicator", "rbf"])
+def test_torch_information_plane_matches_numpy(rng, monkeypatch, alpha, label_kernel):
+    gram_x, grams, y = _step(rng)
+    if label_kernel == "indicator":
+        gram_y = label_gram(y)
+    else:
+        gram_y = gaussian_gram(squared_distances(np.eye(5)[y]), 1.0)
+    expected = information_plane(gram_x, grams.astype(np.float32), gram_y, alpha)
+    calls = _count_block_spectra(monkeypatch)
     t = torch.from_numpy
-    h, c = renyi_entropy_torch(t(grams), alpha, return_clipped=True)
-    np.testing.assert_allclose(h.numpy(), renyi_entropy(grams, alpha), atol=1e-10)
-    assert h.dtype == torch.float64 and c.shape == (4,)
-    np.testing.assert_allclose(
-        joint_entropy_torch([t(gram_x), t(grams)], alpha).numpy(),
-        joint_entropy([gram_x, grams], alpha),
-        atol=1e-10,
-    )
-    np.testing.assert_allclose(
-        mutual_information_torch(t(grams), t(gram_y), alpha).numpy(),
-        mutual_information(grams, gram_y, alpha),
-        atol=1e-10,
-    )
-    ip_t = information_plane_torch(t(gram_x), t(grams.astype(np.float32)), t(gram_y), alpha)
-    ip = information_plane(gram_x, grams.astype(np.float32), gram_y, alpha)
-    assert set(ip_t) == set(ip)
-    for key, value in ip.items():
-        np.testing.assert_allclose(ip_t[key].numpy(), value, atol=1e-10, err_msg=key)
+    ip = information_plane(t(gram_x), t(grams.astype(np.float32)), t(gram_y), alpha)
+    assert set(ip) == set(expected)
+    for key, value in expected.items():
+        assert ip[key].shape == value.shape, key
+        _assert_torch_matches(ip[key], value, t(gram_x))
+    if label_kernel == "indicator" and alpha != 2.0:  # Y splits into classes on torch too
+        assert calls == [(torch.Tensor, torch.Tensor, [np.ndarray] * 5)]
+    else:
+        assert calls == []
 
 
-def test_torch_twin_errors():
-    torch = pytest.importorskip("torch")
+@needs_torch
+def test_torch_block_split_of_an_identity_input_gram(rng, monkeypatch):
+    _, grams, y = _step(rng, n=25, layers=3)
+    calls = _count_block_spectra(monkeypatch)
+    eye = torch.eye(25, dtype=torch.float64)
+    ip = information_plane(eye, torch.from_numpy(grams), label_gram(torch.from_numpy(y)))
+    assert len(calls) == 2  # X into 25 singletons, Y into its classes
+    assert float(ip["H_X"]) == pytest.approx(np.log2(25), abs=1e-12)
+    np.testing.assert_allclose(ip["I_XT"].numpy(), ip["H_T"].numpy(), atol=1e-10)
+    assert entropy._components(torch.from_numpy(grams[0])) is None  # dense: no host copy
+
+
+@needs_torch
+def test_torch_inputs_raise_the_same_errors():
     with pytest.raises(InputError, match="alpha"):
-        renyi_entropy_torch(torch.eye(3), 0.0)
-    with pytest.raises(InputError, match="NaN or Inf"):
-        renyi_entropy_torch(torch.full((3, 3), float("nan")))
+        renyi_entropy(torch.eye(3), 0.0)
+    with pytest.raises(InputError, match="gram contains NaN or Inf"):
+        renyi_entropy(torch.full((3, 3), float("nan")))
     with pytest.raises(InputError, match="symmetric"):
-        renyi_entropy_torch(torch.triu(torch.ones(3, 3)))
+        renyi_entropy(torch.triu(torch.ones(3, 3)))
+    with pytest.raises(InputError, match="trace"):
+        renyi_entropy(-torch.eye(3))
+    with pytest.raises(InputError, match="at least 2"):
+        renyi_entropy(torch.eye(1))
     with pytest.raises(InputError, match="different numbers of samples"):
-        information_plane_torch(torch.eye(3), torch.eye(4)[None], torch.eye(3))
+        information_plane(torch.eye(3), torch.eye(4)[None], torch.eye(3))
+    with pytest.raises(InputError, match="different numbers of samples"):
+        mutual_information(torch.eye(3), torch.eye(4))
+    with pytest.raises(InputError, match=r"\(L, N, N\)"):
+        information_plane(torch.eye(3), torch.eye(3)[None, None], torch.eye(3))
+    with pytest.raises(InputError, match="mix array libraries"):
+        mutual_information(np.eye(3), torch.eye(3))
+
+
+@needs_torch
+@pytest.mark.skipif(torch is None or not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_are_computed_on_the_gpu(rng):
+    activations = rng.standard_normal((40, 3, 4, 4)).astype(np.float32)
+    x_np = rng.random((40, 20)).astype(np.float32)
+    y_np = rng.integers(0, 5, 40)
+    cuda = torch.device("cuda")
+    x, act, y = (torch.from_numpy(a).to(cuda) for a in (x_np, activations, y_np))
+    d2 = squared_distances(act)
+    assert d2.device.type == "cuda" and d2.dtype == torch.float64
+    np.testing.assert_allclose(
+        d2.cpu().numpy(), squared_distances(activations), rtol=1e-12, atol=1e-9
+    )
+    gram_x, gram_t = gaussian_gram(squared_distances(x), 2.0), gaussian_gram(d2, 6.0)
+    ip = information_plane(gram_x, gram_t[None], label_gram(y), 1.0)
+    expected = information_plane(
+        gaussian_gram(squared_distances(x_np), 2.0),
+        gaussian_gram(squared_distances(activations), 6.0)[None],
+        label_gram(y_np),
+        1.0,
+    )
+    for key, value in expected.items():
+        assert ip[key].device.type == "cuda", key
+        np.testing.assert_allclose(ip[key].cpu().numpy(), value, rtol=1e-9, atol=1e-9)
 
 
 # --- errors ----------------------------------------------------------------------------------

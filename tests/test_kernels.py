@@ -4,9 +4,21 @@ import reference as ref
 
 from infoplane.core.distances import channel_squared_distances, squared_distances
 from infoplane.core.entropy import joint_entropy, renyi_entropy
-from infoplane.core.kernels import gaussian_gram, label_gram, multivariate_gram
+from infoplane.core.kernels import (
+    check_widths,
+    exp_flushed,
+    gaussian_gram,
+    label_gram,
+    multivariate_gram,
+)
 from infoplane.errors import InputError
-from infoplane.torch_core import gaussian_gram_torch
+
+try:
+    import torch
+except ImportError:  # the numpy tests still run
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 FLUSHED = np.exp(-100.0)  # kernel values below this are set to 0
 
@@ -98,15 +110,6 @@ def test_joint_entropy_of_channel_grams_equals_entropy_of_multivariate_gram(rng)
     )
 
 
-def test_gaussian_gram_torch_agrees(rng):
-    torch = pytest.importorskip("torch")
-    d2 = squared_distances(rng.standard_normal((6, 3)))
-    out = gaussian_gram_torch(torch.from_numpy(d2), 1.3)
-    np.testing.assert_allclose(out.numpy(), gaussian_gram(d2, 1.3), rtol=1e-14)
-    with pytest.raises(InputError, match="> 0"):
-        gaussian_gram_torch(torch.from_numpy(d2), 0.0)
-
-
 @pytest.mark.parametrize("sigma", [0.0, -1.0, np.nan, np.inf, "wide", None])
 def test_bad_width_raises(sigma):
     with pytest.raises(InputError, match="sigma"):
@@ -137,3 +140,97 @@ def test_bad_labels_raise():
         label_gram(np.array([0.0, 1.0]))
     with pytest.raises(InputError, match="at least 2"):
         label_gram(np.array([1]))
+
+
+def test_gaussian_gram_of_a_large_stack_spans_row_blocks(rng):
+    # 3 × 300 rows of 300: row blocks of the fused scale-and-exp pass (436 rows of 1 MiB each)
+    # that cross the boundaries between matrices.
+    d2 = np.stack([squared_distances(rng.standard_normal((300, 3))) for _ in range(3)])
+    sigmas = np.array([0.3, 1.0, 3.0])
+    out = gaussian_gram(d2.astype(np.float32), sigmas)
+    assert out.dtype == np.float64 and out.shape == d2.shape
+    for k in range(3):
+        d2_k = d2[k].astype(np.float32).astype(np.float64)
+        # bit for bit the whole-matrix computation: the same operations on every entry
+        np.testing.assert_array_equal(out[k], exp_flushed(d2_k * (-1.0 / sigmas[k] ** 2)))
+        expected = ref.gaussian_gram(d2_k, sigmas[k])
+        np.testing.assert_allclose(out[k], expected, rtol=1e-13, atol=FLUSHED)
+
+
+def test_a_bad_entry_in_a_later_row_block_is_found():
+    d2 = np.zeros((600, 600))
+    d2[590, 7] = d2[7, 590] = -1.0
+    with pytest.raises(InputError, match="negative"):
+        gaussian_gram(d2, 1.0)
+    d2[590, 7] = d2[7, 590] = np.nan
+    d2[3, 4] = d2[4, 3] = -1.0  # NaN in any block is named first, as by check_distances
+    with pytest.raises(InputError, match="NaN or Inf"):
+        gaussian_gram(d2, 1.0)
+
+
+# --- torch tensors: the same functions, results on the input's device ------------------------
+
+
+def _assert_torch_matches(result, expected, like):
+    """``result`` is a float64 tensor on the device of ``like`` that equals numpy's ``expected``."""
+    assert isinstance(result, torch.Tensor)
+    assert result.dtype == torch.float64 and result.device == like.device
+    np.testing.assert_allclose(result.cpu().numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_gaussian_gram_matches_numpy(rng, dtype):
+    d2 = np.stack([squared_distances(rng.standard_normal((6, 3))) for _ in range(2)])
+    d2_t = torch.from_numpy(d2).to(getattr(torch, dtype))
+    expected = d2_t.numpy().astype(np.float64)
+    for sigma in (1.3, np.float32(0.7), np.array([0.5, 2.0]), torch.tensor([0.5, 2.0])):
+        _assert_torch_matches(gaussian_gram(d2_t, sigma), gaussian_gram(expected, sigma), d2_t)
+    flushed = gaussian_gram(torch.tensor([[0.0, 101.0], [101.0, 0.0]]), 1.0)
+    assert flushed[0, 1] == 0.0 and flushed[0, 0] == 1.0
+
+
+@needs_torch
+def test_torch_multivariate_and_label_grams_match_numpy(rng):
+    x = torch.from_numpy(rng.standard_normal((7, 3, 5)).astype(np.float32))
+    per_channel = channel_squared_distances(x)
+    sigmas = np.array([0.8, 2.0, 5.0])
+    _assert_torch_matches(
+        multivariate_gram(per_channel, sigmas),
+        multivariate_gram(per_channel.numpy(), sigmas),
+        x,
+    )
+    y = torch.tensor([3, 1, 3, 0, 1, 1])
+    k = label_gram(y)
+    assert k.dtype == torch.float64
+    np.testing.assert_array_equal(k.numpy(), ref.label_gram(y.numpy()))
+    arg = torch.tensor([0.0, -50.0, -100.5, -400.0], dtype=torch.float64)
+    assert exp_flushed(arg) is arg  # in place
+    np.testing.assert_array_equal(arg.numpy(), [1.0, np.exp(-50.0), 0.0, 0.0])
+
+
+@needs_torch
+def test_torch_inputs_raise_the_same_errors():
+    with pytest.raises(InputError, match="negative"):
+        gaussian_gram(torch.tensor([[0.0, -1.0], [-1.0, 0.0]]), 1.0)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        gaussian_gram(torch.tensor([[0.0, float("nan")], [float("nan"), 0.0]]), 1.0)
+    with pytest.raises(InputError, match="square"):
+        gaussian_gram(torch.zeros(3, 4), 1.0)
+    with pytest.raises(InputError, match="sigma must be finite and > 0"):
+        gaussian_gram(torch.zeros(3, 3), torch.tensor(0.0))
+    with pytest.raises(InputError, match="does not match"):
+        gaussian_gram(torch.zeros(2, 3, 3), torch.ones(3))
+    with pytest.raises(InputError, match=r"\(C, N, N\)"):
+        multivariate_gram(torch.zeros(3, 3), 1.0)
+    with pytest.raises(InputError, match="integers"):
+        label_gram(torch.tensor([0.0, 1.0]))
+    with pytest.raises(InputError, match="argmax"):
+        label_gram(torch.eye(3, dtype=torch.int64))
+
+
+@needs_torch
+def test_widths_from_a_tensor_are_checked_on_the_host():
+    s = check_widths(torch.tensor([1.0, 2.0], dtype=torch.float32), (2,))
+    assert isinstance(s, np.ndarray) and s.dtype == np.float64
+    np.testing.assert_array_equal(s, [1.0, 2.0])

@@ -3,7 +3,12 @@
 ``d2[i, j] = ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩`` on the flattened samples: one symmetric rank-k update
 (GEMM/SYRK) per block of features, never an ``N × N × D`` intermediate. Blocks are cast to float64
 (and shifted by sample 0, which removes most of the cancellation of the identity) in a reusable
-buffer, so the memory is O(N² + N·block) whatever the width of the layer.
+buffer, so the memory is O(N² + N·block) whatever the width of the layer. The first block's
+product is the accumulator (no pass to add it to zeros), and on numpy the finish (norms, −2·Gram,
+clip) runs row block by row block in cache: one pass over the N×N result.
+
+The functions take numpy arrays or torch tensors (any device) and return float64 arrays of the
+same library on the same device, by one code path (:mod:`infoplane.core.arrays`).
 
 This module also holds the input checks shared by the numerical core.
 """
@@ -14,6 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from infoplane.core.arrays import (
+    as_float64,
+    clip_below_,
+    device,
+    dtype_kind,
+    fill_diagonal_,
+    namespace,
+    rows_per_block,
+    symmetric_product,
+    to_numpy,
+)
 from infoplane.errors import InputError
 
 __all__ = [
@@ -43,19 +59,18 @@ def _block_features(n: int, d: int, block_size: int | None) -> int:
     return min(max(d, 1), max(_MIN_BLOCK, _BLOCK_ELEMENTS // n, by_flops))
 
 
-def _flatten_samples(x: Any, what: str = "x") -> np.ndarray:
+def _flatten_samples(x: Any, xp: Any, what: str = "x") -> Any:
     """Validate ``x`` of shape (N, ...) and return an (N, D) view of it."""
-    x = np.asarray(x)
     if x.ndim == 0:
         raise InputError(f"{what} must have a leading sample axis, got a scalar")
-    if x.dtype.kind not in "biuf":
+    if dtype_kind(x, xp) not in "biuf":
         raise InputError(f"{what} must hold real numbers, got dtype {x.dtype}")
     n = x.shape[0]
     if n < 2:
         raise InputError(
             f"{what} has {n} sample(s) along axis 0; distances need at least 2 samples"
         )
-    return x.reshape(n, -1)
+    return xp.reshape(x, (n, -1))
 
 
 def _nonfinite_message(bad: np.ndarray, n: int, what: str) -> str:
@@ -69,70 +84,89 @@ def _nonfinite_message(bad: np.ndarray, n: int, what: str) -> str:
     )
 
 
-def _finish(gram: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+def _finish(gram: Any, xp: Any) -> Any:
     """Turn an exactly symmetric Gram matrix into squared distances, in place.
 
-    ‖x_i‖² + ‖x_j‖² is formed first (an exactly symmetric outer sum) so that the result is
-    exactly symmetric too; the diagonal is set to 0 and rounding negatives are clipped.
+    ``(‖x_i‖² + ‖x_j‖²) − 2⟨x_i, x_j⟩``: the outer sum of the norms is formed first (exactly
+    symmetric) so that the result is exactly symmetric too; rounding negatives are clipped and
+    the diagonal is set to 0. One row block at a time, every operation on it while it is in
+    cache: one pass over the matrix instead of one per operation.
     """
-    sq = np.diagonal(gram).copy()
-    np.add.outer(sq, sq, out=scratch)
-    gram *= -2.0
-    gram += scratch
-    np.fill_diagonal(gram, 0.0)
-    np.maximum(gram, 0.0, out=gram)
+    n = gram.shape[0]
+    sq = xp.asarray(xp.linalg.diagonal(gram), copy=True)
+    rows = rows_per_block(n, n, xp)
+    for r0 in range(0, n, rows):
+        part = gram[r0 : r0 + rows]
+        part *= -2.0
+        part += sq[r0 : r0 + rows, None] + sq[None, :]
+        clip_below_(part, 0.0, xp)
+    return fill_diagonal_(gram, 0.0, xp)
+
+
+def _gram_of_samples(flat: Any, xp: Any, block_size: int | None) -> Any:
+    """The float64 Gram matrix of the samples shifted by sample 0, exactly symmetric.
+
+    Σ over feature blocks b of (b − b₀)(b − b₀)ᵀ, one symmetric product per block.
+    """
+    n, d = flat.shape
+    dev = device(flat)
+    if not d:
+        return xp.zeros((n, n), dtype=xp.float64, device=dev)
+    block = _block_features(n, d, block_size)
+    buf = xp.empty((n, block), dtype=xp.float64, device=dev)
+    gram = xp.empty((n, n), dtype=xp.float64, device=dev)
+    product = None
+    for start in range(0, d, block):
+        part = buf[:, : min(block, d - start)]
+        part[...] = flat[:, start : start + block]
+        # Subtracting sample 0 leaves the distances unchanged but shrinks the norms the
+        # identity subtracts from each other (less cancellation), at the cost of one pass over
+        # a block that is in cache anyway.
+        part -= xp.asarray(part[0], copy=True)
+        if start == 0:  # the first product is the sum so far (0 + p = p): no pass to add it
+            gram = symmetric_product(part, xp, out=gram)
+        else:
+            if product is None:
+                product = xp.empty((n, n), dtype=xp.float64, device=dev)
+            gram += symmetric_product(part, xp, out=product)
     return gram
 
 
-def squared_distances(x: Any, *, block_size: int | None = None) -> np.ndarray:
+def squared_distances(x: Any, *, block_size: int | None = None) -> Any:
     """Squared Euclidean distances between the flattened samples of ``x``.
 
     Parameters
     ----------
-    x : array_like, shape (N, ...)
+    x : array_like or torch.Tensor, shape (N, ...)
         Samples along axis 0; any trailing shape (a conv map ``C × H × W`` is flattened, which makes
-        the distance the Frobenius distance between activation tensors). float32 or float64.
+        the distance the Frobenius distance between activation tensors). Any real dtype; a
+        torch tensor is computed on its device.
     block_size : int, optional
         Features per block of the float64 accumulation (memory N·block·8 bytes); the default
         is 4096 or more, chosen for speed.
 
     Returns
     -------
-    numpy.ndarray, shape (N, N), float64
-        Symmetric, zero diagonal, non-negative.
+    array, shape (N, N), float64
+        Of the library and on the device of ``x``. Symmetric, zero diagonal, non-negative.
 
     Raises
     ------
     InputError
         For fewer than 2 samples, non-numeric input, or NaN/Inf entries.
     """
-    flat = _flatten_samples(x)
-    n, d = flat.shape
-    gram = np.zeros((n, n))
-    product = np.empty((n, n))
-    if d:
-        block = _block_features(n, d, block_size)
-        buf = np.empty((n, block))
-        # NaN/Inf are detected once, on the diagonal of the result, instead of by a separate pass.
-        with np.errstate(invalid="ignore", over="ignore"):
-            for start in range(0, d, block):
-                part = buf[:, : min(block, d - start)]
-                np.copyto(part, flat[:, start : start + block])
-                # Subtracting sample 0 leaves the distances unchanged but shrinks the norms the
-                # identity subtracts from each other (less cancellation), at the cost of one
-                # pass over a block that is in cache anyway.
-                part -= part[0].copy()
-                # part @ part.T is one symmetric rank-k update: numpy hands it to BLAS SYRK and
-                # mirrors the triangle, so every partial product is exactly symmetric.
-                np.matmul(part, part.T, out=product)
-                gram += product
-    if not np.isfinite(np.diagonal(gram)).all():  # NaN/Inf anywhere reach the row's norm
-        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-        raise InputError(_nonfinite_message(bad, n, "x"))
-    return _finish(gram, product)
+    xp = namespace(x)
+    flat = _flatten_samples(xp.asarray(x), xp)
+    # NaN/Inf are detected once, on the diagonal of the result, instead of by a separate pass.
+    with np.errstate(invalid="ignore", over="ignore"):
+        gram = _gram_of_samples(flat, xp, block_size)
+    if not bool(xp.all(xp.isfinite(xp.linalg.diagonal(gram)))):  # NaN/Inf reach the row's norm
+        bad = xp.nonzero(~xp.all(xp.isfinite(flat), axis=1))[0]
+        raise InputError(_nonfinite_message(to_numpy(bad), flat.shape[0], "x"))
+    return _finish(gram, xp)
 
 
-def squared_distances_or_nan(x: Any) -> tuple[np.ndarray, bool]:
+def squared_distances_or_nan(x: Any) -> tuple[Any, bool]:
     """Squared distances of one step's samples, or an all-NaN matrix when they are not finite.
 
     A diverged run's NaN/Inf activations become a flagged NaN point, not an error, so the other
@@ -141,59 +175,84 @@ def squared_distances_or_nan(x: Any) -> tuple[np.ndarray, bool]:
     Returns
     -------
     (d2, nonfinite)
+        ``d2`` of the library and on the device of ``x``.
     """
-    x = np.asarray(x)
-    if not np.isfinite(x).all():
-        return np.full((x.shape[0], x.shape[0]), np.nan), True
+    xp = namespace(x)
+    x = xp.asarray(x)
+    if not bool(xp.all(xp.isfinite(x))):
+        n = x.shape[0]
+        return xp.full((n, n), float("nan"), dtype=xp.float64, device=device(x)), True
     return squared_distances(x), False
 
 
-def channel_squared_distances(x: Any, *, block_size: int | None = None) -> np.ndarray:
+def channel_squared_distances(x: Any, *, block_size: int | None = None) -> Any:
     """Per-channel squared distances for the multivariate (channel-wise) kernel.
 
     Parameters
     ----------
-    x : array_like, shape (N, C, ...)
+    x : array_like or torch.Tensor, shape (N, C, ...)
         Samples along axis 0, channels along axis 1.
     block_size : int, optional
         As for :func:`squared_distances`.
 
     Returns
     -------
-    numpy.ndarray, shape (C, N, N), float64
-        ``out[c]`` are the squared distances of channel ``c``; their sum over ``c`` equals
-        :func:`squared_distances` of ``x``.
+    array, shape (C, N, N), float64
+        Of the library and on the device of ``x``. ``out[c]`` are the squared distances of
+        channel ``c``; their sum over ``c`` equals :func:`squared_distances` of ``x``.
     """
-    x = np.asarray(x)
+    xp = namespace(x)
+    x = xp.asarray(x)
     if x.ndim < 2:
-        raise InputError(f"x must have shape (N, C, ...) for channel distances, got {x.shape}")
-    return np.stack([squared_distances(x[:, c], block_size=block_size) for c in range(x.shape[1])])
+        raise InputError(
+            f"x must have shape (N, C, ...) for channel distances, got {tuple(x.shape)}"
+        )
+    return xp.stack([squared_distances(x[:, c], block_size=block_size) for c in range(x.shape[1])])
 
 
-def check_square_stack(a: Any, what: str, *, min_n: int = 2) -> np.ndarray:
+def check_square_stack(a: Any, what: str, *, min_n: int = 2) -> Any:
     """Validate a stack of square matrices (..., N, N) and return it as float64.
 
     Raises :class:`InputError` naming ``what`` when the array is not a finite, real stack of
-    square matrices with at least ``min_n`` rows.
+    square matrices with at least ``min_n`` rows. The result is of the library and on the
+    device of ``a`` (no copy when ``a`` already is float64).
     """
-    a = np.asarray(a)
-    if a.dtype.kind not in "biuf":
+    xp = namespace(a)
+    a = xp.asarray(a)
+    _check_square_shape(a, xp, what, min_n=min_n)
+    a = as_float64(a, xp)
+    if _has_nonfinite(a, xp):
+        raise _nonfinite_stack_error(what)
+    return a
+
+
+def _check_square_shape(a: Any, xp: Any, what: str, *, min_n: int = 2) -> None:
+    """The dtype and shape checks of :func:`check_square_stack` (no pass over the values)."""
+    if dtype_kind(a, xp) not in "biuf":
         raise InputError(f"{what} must hold real numbers, got dtype {a.dtype}")
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
-        raise InputError(f"{what} must be a stack of square matrices (..., N, N), got {a.shape}")
+        raise InputError(
+            f"{what} must be a stack of square matrices (..., N, N), got {tuple(a.shape)}"
+        )
     if a.shape[-1] < min_n:
         raise InputError(
             f"{what} is {a.shape[-1]}×{a.shape[-1]}; at least {min_n} samples are needed"
         )
-    a = np.asarray(a, dtype=np.float64)
+
+
+def _has_nonfinite(a: Any, xp: Any) -> bool:
+    """Whether the float64 array ``a`` holds NaN or ±Inf."""
     # A sum is one pass without a temporary; NaN and ±Inf reach it (as may a finite overflow,
     # which the exact test then clears).
-    if not np.isfinite(a.sum()) and not np.isfinite(a).all():
-        raise InputError(
-            f"{what} contains NaN or Inf; it was computed from unusable activations "
-            "(a diverged run?) - recompute it from finite data"
-        )
-    return a
+    return not bool(xp.isfinite(xp.sum(a))) and not bool(xp.all(xp.isfinite(a)))
+
+
+def _nonfinite_stack_error(what: str) -> InputError:
+    """The error for a stack of matrices ``what`` that holds NaN or Inf."""
+    return InputError(
+        f"{what} contains NaN or Inf; it was computed from unusable activations "
+        "(a diverged run?) - recompute it from finite data"
+    )
 
 
 def pack_upper(d2: Any, dtype: Any = np.float32) -> np.ndarray:
