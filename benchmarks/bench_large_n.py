@@ -109,15 +109,19 @@ def _store(path: Path, n: int, mnist: Path | None) -> tuple[Path, list[str]]:
     return store, names
 
 
-def _estimate(cache: Path, store: Path, preset: dict, client) -> tuple[object, float]:
+def _estimate(
+    cache: Path, store: Path, preset: dict, client, device: str = "cpu"
+) -> tuple[object, float]:
     from infoplane.estimate.pipeline import estimate
 
     start = time.perf_counter()
-    result = estimate(cache, preset, name="bench", store=store, client=client, keep_widths=False)
+    result = estimate(
+        cache, preset, name="bench", store=store, client=client, keep_widths=False, device=device
+    )  # fmt: skip
     return result, time.perf_counter() - start
 
 
-def one(n: int, mnist: Path | None, exact_max: int, workdir: Path) -> dict:
+def one(n: int, mnist: Path | None, exact_max: int, workdir: Path, device: str = "cpu") -> dict:
     """Measure one N (run in its own process)."""
     import numpy as np
     from distributed import Client, LocalCluster
@@ -131,7 +135,7 @@ def one(n: int, mnist: Path | None, exact_max: int, workdir: Path) -> dict:
 
     store, names = _store(workdir / f"n{n}" / "activations.zarr", n, mnist)
     preset = resolve_preset(None, "paper-alpha1.01")
-    report: dict = {"n": n, "source": "mnist" if mnist else "synthetic"}
+    report: dict = {"n": n, "source": "mnist" if mnist else "synthetic", "device": device}
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
@@ -144,14 +148,16 @@ def one(n: int, mnist: Path | None, exact_max: int, workdir: Path) -> dict:
         report["distances_s"] = time.perf_counter() - start
         report["cache_mb"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 1e6
         report["storage"] = cache_io.storage_of(str(cache))
-        result, report["estimate_s"] = _estimate(cache, store, preset, client)
+        result, report["estimate_s"] = _estimate(cache, store, preset, client, device)
         report["step_s"] = report["distances_s"] + report["estimate_s"]
         report["randomized"] = "spectral_error" in result
         if report["randomized"]:
             report["largest_error_bar"] = float(result["spectral_error"].max())
         if n <= exact_max:
             exact_preset = {**preset, "spectrum": {**spectrum_of(preset), "method": "exact"}}
-            exact, report["exact_estimate_s"] = _estimate(cache, store, exact_preset, client)
+            exact, report["exact_estimate_s"] = _estimate(
+                cache, store, exact_preset, client, device
+            )  # fmt: skip
             report["exact_step_s"] = report["distances_s"] + report["exact_estimate_s"]
             report["max_rel_error_result"] = max(
                 float(np.nanmax(np.abs(result[k] - exact[k]) / np.abs(exact[k])))
@@ -265,11 +271,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: a temp dir)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the estimate: cpu, torch-cpu, cuda (see --help "
+        "of infoplane estimate); the exact eigvalsh and the accuracy rows stay numpy",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     mnist = args.mnist if (args.mnist / "t10k-images-idx3-ubyte.gz").is_file() else None
     if args.one:
-        print(json.dumps(one(args.one, mnist, args.exact_max, args.workdir)))
+        print(json.dumps(one(args.one, mnist, args.exact_max, args.workdir, args.device)))
         return
     env = {
         **os.environ,
@@ -280,7 +292,7 @@ def main() -> None:
     }
     print(
         f"MLP 784-{'-'.join(map(str, HIDDEN))}-{CLASSES}, alpha {ALPHA}, "
-        f"{args.threads} BLAS threads, "
+        f"{args.threads} BLAS threads, device {args.device}, "
         f"inputs: {'MNIST test set' if mnist else 'synthetic mixture'}"
     )
     reports = []
@@ -297,6 +309,8 @@ def main() -> None:
             str(args.mnist),
             "--workdir",
             scratch.name,
+            "--device",
+            args.device,
         ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_spectra_plane import DIM_X, DIMS, LAYERS, PLANE, _point
 
+from infoplane.core.kernels import gaussian_gram
 from infoplane.core.plane import estimate_step
 from infoplane.errors import ConfigError
 from infoplane.estimate import devices
@@ -67,14 +68,20 @@ def _on(device, point, preset, spectrum=None, seed=(0, 0, 0)):
 
 
 def _numpy_spectra_fail(monkeypatch):
-    """From here on, a numpy eigensolver or kernel exponential would fail the test: the torch
-    path must compute on its own arrays, not convert them to numpy behind the scenes."""
+    """From here on, a numpy eigensolver or a numpy Gram fails the test: the torch path must
+    compute on its own arrays, not convert them to numpy behind the scenes (the width search
+    alone runs on the host)."""
+    from infoplane.core import plane
 
     def refuse(*args, **kwargs):
-        raise AssertionError("numpy computed what the device should have")
+        raise AssertionError("numpy computed the spectra the device should have")
+
+    def on_device_only(d2, sigma):
+        assert isinstance(d2, torch.Tensor), "a Gram built from host distances"
+        return gaussian_gram(d2, sigma)
 
     monkeypatch.setattr(np.linalg, "eigvalsh", refuse)
-    monkeypatch.setattr(np, "exp", refuse)
+    monkeypatch.setattr(plane, "gaussian_gram", on_device_only)
 
 
 @pytest.fixture(scope="module")

@@ -376,10 +376,10 @@ class Factor:
     blocks: list[np.ndarray] | None
 
 
-def _block_entropies(
-    gram: np.ndarray, layer: np.ndarray | None, blocks: list[np.ndarray], alpha: float
-) -> Entropy:
-    layers = np.empty((0, *gram.shape)) if layer is None else layer[None]
+def _block_entropies(gram: Any, layer: Any, blocks: list[np.ndarray], alpha: float) -> Entropy:
+    xp = namespace(gram)
+    empty = xp.empty((0, *gram.shape), dtype=gram.dtype, device=device(gram))
+    layers = empty if layer is None else layer[None]
     lam = _block_spectra(gram, layers, blocks)[-1]
     h, clipped = _entropy_of_spectrum(lam, alpha)
     return Entropy(float(h), 0.0, float(clipped))
