@@ -186,3 +186,22 @@ def test_kept_widths_written_twice_keep_the_first_entry(store, tmp_path, client,
     assert read_cached_widths(cache, "train", {**search, "points": 8}, steps, layers) is None
     assert read_cached_widths(cache, "train", search, steps[:-1], layers) is None
     assert read_cached_widths(cache, "train", search, steps, layers[::-1]) is None
+
+
+def test_an_empty_cache_of_a_huge_probe_costs_no_memory(store):
+    """The template of N = 30,000 samples (65 GB of float64 distances) is metadata only."""
+    import dataclasses
+    import tracemalloc
+
+    from infoplane.io.cache import _split_template
+
+    plan = read_store_plan(store)
+    train = dataclasses.replace(plan.splits["train"], n_samples=30_000)
+    big = dataclasses.replace(plan, splits={"train": train})
+    storage = {name: "float32" for name in [*plan.layers, "x"]}
+    tracemalloc.start()
+    template = _split_template(big, "train", storage=storage)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert template["d2"].shape[-2:] == (30_000, 30_000) and template["d2"].nbytes > 6e10
+    assert peak < 50e6

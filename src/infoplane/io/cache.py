@@ -139,9 +139,11 @@ def _split_template(
     per_chunk = max(1, min(n_layers, D2_CHUNK_BYTES // (8 * n * n))) if all_full else 1
 
     def lazy(dims, shape, chunks, dtype):
-        # a read-only view of one zero: no memory, whatever the shape
-        zeros = np.broadcast_to(np.zeros((), dtype=dtype), shape)
-        return xr.Variable(dims, zeros).chunk(dict(zip(dims, chunks, strict=True)))
+        # one lazy zero broadcast to the shape: no memory and no pass over it, whatever the
+        # shape (a numpy view of the full shape would be copied, and hashed, when chunked)
+        one = xr.Variable((), np.zeros((), dtype=dtype)).chunk()
+        full = one.set_dims(dict(zip(dims, shape, strict=True)))
+        return full.chunk(dict(zip(dims, chunks, strict=True)))
 
     data = {
         "d2": lazy(
