@@ -6,6 +6,7 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from torch_support import assert_torch_matches, needs_torch, torch
 
 from infoplane.core.distances import (
     channel_squared_distances,
@@ -14,13 +15,6 @@ from infoplane.core.distances import (
     squared_distances_or_nan,
 )
 from infoplane.errors import InputError
-
-try:
-    import torch
-except ImportError:  # the numpy tests still run
-    torch = None
-
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 
 def _assert_distance_matrix(d2: np.ndarray, n: int) -> None:
@@ -170,21 +164,13 @@ def test_or_nan_flags_non_finite_steps(rng):
 # --- torch tensors: the same functions, results on the input's device ------------------------
 
 
-def _assert_torch_matches(result, expected, like):
-    """``result`` is a float64 tensor on the device of ``like`` that equals numpy's ``expected``."""
-    assert isinstance(result, torch.Tensor)
-    assert result.dtype == torch.float64 and result.device == like.device
-    scale = max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(result.cpu().numpy(), expected, rtol=1e-12, atol=1e-12 * scale)
-
-
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("block_size", [None, 50])
 def test_torch_tensors_match_numpy(rng, dtype, block_size):
     x = torch.from_numpy(rng.standard_normal((9, 4, 6, 6))).to(getattr(torch, dtype))
     d2 = squared_distances(x, block_size=block_size)
-    _assert_torch_matches(d2, squared_distances(x.numpy(), block_size=block_size), x)
+    assert_torch_matches(d2, squared_distances(x.numpy(), block_size=block_size), x, scaled=True)
     np.testing.assert_array_equal(torch.diagonal(d2).numpy(), 0.0)
     np.testing.assert_array_equal(d2.numpy(), d2.numpy().T)  # exactly symmetric on torch too
     assert (d2 >= 0).all()
@@ -197,7 +183,7 @@ def test_torch_integer_input_and_channels(rng):
     conv = torch.from_numpy(rng.standard_normal((6, 5, 3, 3)).astype(np.float32))
     per_channel = channel_squared_distances(conv)
     assert per_channel.shape == (5, 6, 6)
-    _assert_torch_matches(per_channel, channel_squared_distances(conv.numpy()), conv)
+    assert_torch_matches(per_channel, channel_squared_distances(conv.numpy()), conv, scaled=True)
 
 
 @needs_torch
@@ -205,7 +191,7 @@ def test_torch_or_nan_and_square_stack(rng):
     x = torch.from_numpy(rng.standard_normal((5, 3)))
     d2, nonfinite = squared_distances_or_nan(x)
     assert not nonfinite
-    _assert_torch_matches(d2, squared_distances(x.numpy()), x)
+    assert_torch_matches(d2, squared_distances(x.numpy()), x, scaled=True)
     x[3, 0] = float("nan")
     d2, nonfinite = squared_distances_or_nan(x)
     assert nonfinite and isinstance(d2, torch.Tensor) and d2.dtype == torch.float64

@@ -6,6 +6,7 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from torch_support import assert_torch_matches, needs_torch, torch
 
 from infoplane.core import entropy
 from infoplane.core.distances import squared_distances
@@ -18,13 +19,6 @@ from infoplane.core.entropy import (
 from infoplane.core.kernels import gaussian_gram, label_gram
 from infoplane.core.widths import alignment_width
 from infoplane.errors import InputError
-
-try:
-    import torch
-except ImportError:  # the numpy tests still run
-    torch = None
-
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 ALPHAS = [0.5, 1.0, 1.01, 2.0, 3.0, 5.5]
 TOL = 1e-9
@@ -348,14 +342,6 @@ def test_information_plane_accepts_a_single_layer_matrix(rng):
 # --- torch tensors: the same functions, results on the input's device ------------------------
 
 
-def _assert_torch_matches(result, expected, like):
-    """``result`` is a float64 tensor on the device of ``like`` that equals numpy's ``expected``."""
-    assert isinstance(result, torch.Tensor)
-    assert result.dtype == torch.float64 and result.device == like.device
-    # entropies are O(log2 N) bits: absolute for values near 0 (MI, clipped mass), else relative
-    np.testing.assert_allclose(result.cpu().numpy(), expected, rtol=1e-12, atol=1e-12)
-
-
 def _count_block_spectra(monkeypatch):
     calls = []
     original = entropy._block_spectra
@@ -378,10 +364,10 @@ def test_torch_entropies_match_numpy(rng, alpha, dtype):
     gram_x, grams, gram_y = (m.numpy().astype(np.float64) for m in (x, t, ty))
     h, c = renyi_entropy(t, alpha, return_clipped=True)
     expected_h, expected_c = renyi_entropy(grams, alpha, return_clipped=True)
-    _assert_torch_matches(h, expected_h, t)
-    _assert_torch_matches(c, expected_c, t)
-    _assert_torch_matches(joint_entropy([x, t], alpha), joint_entropy([gram_x, grams], alpha), t)
-    _assert_torch_matches(
+    assert_torch_matches(h, expected_h, t)
+    assert_torch_matches(c, expected_c, t)
+    assert_torch_matches(joint_entropy([x, t], alpha), joint_entropy([gram_x, grams], alpha), t)
+    assert_torch_matches(
         mutual_information(t, ty, alpha), mutual_information(grams, gram_y, alpha), t
     )
     single = renyi_entropy(t[0], alpha)
@@ -404,7 +390,7 @@ def test_torch_information_plane_matches_numpy(rng, monkeypatch, alpha, label_ke
     assert set(ip) == set(expected)
     for key, value in expected.items():
         assert ip[key].shape == value.shape, key
-        _assert_torch_matches(ip[key], value, t(gram_x))
+        assert_torch_matches(ip[key], value, t(gram_x))
     if label_kernel == "indicator" and alpha != 2.0:  # Y splits into classes on torch too
         assert calls == [(torch.Tensor, torch.Tensor, [np.ndarray] * 5)]
     else:

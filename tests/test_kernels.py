@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import reference as ref
+from torch_support import assert_torch_matches, needs_torch, torch
 
 from infoplane.core.distances import channel_squared_distances, squared_distances
 from infoplane.core.entropy import joint_entropy, renyi_entropy
@@ -12,13 +13,6 @@ from infoplane.core.kernels import (
     multivariate_gram,
 )
 from infoplane.errors import InputError
-
-try:
-    import torch
-except ImportError:  # the numpy tests still run
-    torch = None
-
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 FLUSHED = np.exp(-100.0)  # kernel values below this are set to 0
 
@@ -171,13 +165,6 @@ def test_a_bad_entry_in_a_later_row_block_is_found():
 # --- torch tensors: the same functions, results on the input's device ------------------------
 
 
-def _assert_torch_matches(result, expected, like):
-    """``result`` is a float64 tensor on the device of ``like`` that equals numpy's ``expected``."""
-    assert isinstance(result, torch.Tensor)
-    assert result.dtype == torch.float64 and result.device == like.device
-    np.testing.assert_allclose(result.cpu().numpy(), expected, rtol=1e-12, atol=1e-12)
-
-
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_torch_gaussian_gram_matches_numpy(rng, dtype):
@@ -185,7 +172,7 @@ def test_torch_gaussian_gram_matches_numpy(rng, dtype):
     d2_t = torch.from_numpy(d2).to(getattr(torch, dtype))
     expected = d2_t.numpy().astype(np.float64)
     for sigma in (1.3, np.float32(0.7), np.array([0.5, 2.0]), torch.tensor([0.5, 2.0])):
-        _assert_torch_matches(gaussian_gram(d2_t, sigma), gaussian_gram(expected, sigma), d2_t)
+        assert_torch_matches(gaussian_gram(d2_t, sigma), gaussian_gram(expected, sigma), d2_t)
     flushed = gaussian_gram(torch.tensor([[0.0, 101.0], [101.0, 0.0]]), 1.0)
     assert flushed[0, 1] == 0.0 and flushed[0, 0] == 1.0
 
@@ -195,7 +182,7 @@ def test_torch_multivariate_and_label_grams_match_numpy(rng):
     x = torch.from_numpy(rng.standard_normal((7, 3, 5)).astype(np.float32))
     per_channel = channel_squared_distances(x)
     sigmas = np.array([0.8, 2.0, 5.0])
-    _assert_torch_matches(
+    assert_torch_matches(
         multivariate_gram(per_channel, sigmas),
         multivariate_gram(per_channel.numpy(), sigmas),
         x,

@@ -88,7 +88,7 @@ DEFAULT_SPECTRUM: dict[str, Any] = {
     "method": "auto",
     "threshold": 3000,
     "probes": 64,
-    "rank": 32,
+    "rank": 96,
     "steps": 12,
     "seed": 0,
     "dtype": "float32",
