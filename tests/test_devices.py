@@ -156,3 +156,17 @@ def test_the_pipeline_on_torch_matches_numpy(run_dir, client):
     )  # fmt: skip
     for key in ("I_XT", "I_TY", "H_T", "H_X", "H_Y", "sigma"):
         np.testing.assert_allclose(other[key], cpu[key], rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+def test_the_command_line_names_a_bad_device(run_dir, tmp_path, capsys, monkeypatch):
+    from infoplane.cli import main
+
+    args = ["estimate", str(run_dir / "distances.zarr"), "--estimator", "silverman"]
+    assert main([*args, "--out", str(tmp_path / "a.zarr"), "--device", "gpu"]) != 0
+    assert (
+        "device must be auto, cpu, torch-cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+    )
+    monkeypatch.setenv(devices.DEVICE_ENV, "tpu")
+    assert main([*args, "--out", str(tmp_path / "b.zarr")]) != 0
+    assert "got 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()

@@ -428,19 +428,11 @@ def _estimate(
                 ]
         sigmas = None if widths is None else _layer_widths(widths, split_steps, rule)
         calls = [
-            (
-                src,
-                split,
-                int(at.index[k]),
-                _at(at.store_index, k),
-                preset,
-                sigma,
-                int(at.steps[k]),
-                device,
-            )
+            (src, split, int(at.index[k]), _at(at.store_index, k), preset, sigma,
+             int(at.steps[k]), device)
             for split, k in where
             for at, sigma in [(split_steps[split], _at(sigmas, split, k))]
-        ]
+        ]  # fmt: skip
         results = run_batched(
             active, estimate_step_task, calls, label="estimate", names=_names(split_steps, where)
         )
