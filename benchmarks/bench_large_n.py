@@ -24,6 +24,7 @@ Figures are printed; nothing is asserted.
 
     python benchmarks/bench_large_n.py                       # N = 1,000, 2,000, 5,000, 10,000
     python benchmarks/bench_large_n.py --sizes 1000 2000     # a quick run
+    python benchmarks/bench_large_n.py --sizes 5000 --rank 32 --steps 20   # other settings
 """
 
 from __future__ import annotations
@@ -121,7 +122,14 @@ def _estimate(
     return result, time.perf_counter() - start
 
 
-def one(n: int, mnist: Path | None, exact_max: int, workdir: Path, device: str = "cpu") -> dict:
+def one(
+    n: int,
+    mnist: Path | None,
+    exact_max: int,
+    workdir: Path,
+    device: str = "cpu",
+    settings: dict | None = None,
+) -> dict:
     """Measure one N (run in its own process)."""
     import numpy as np
     from distributed import Client, LocalCluster
@@ -135,7 +143,10 @@ def one(n: int, mnist: Path | None, exact_max: int, workdir: Path, device: str =
 
     store, names = _store(workdir / f"n{n}" / "activations.zarr", n, mnist)
     preset = resolve_preset(None, "paper-alpha1.01")
+    if settings:  # spectrum settings other than the defaults (probes, rank, steps)
+        preset = {**preset, "spectrum": {**spectrum_of(preset), **settings}}
     report: dict = {"n": n, "source": "mnist" if mnist else "synthetic", "device": device}
+    report["spectrum"] = {k: spectrum_of(preset)[k] for k in ("probes", "rank", "steps")}
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
@@ -220,6 +231,8 @@ def one(n: int, mnist: Path | None, exact_max: int, workdir: Path, device: str =
 
 
 def _print(reports: list[dict]) -> None:
+    import numpy as np
+
     print(
         f"{'N':>6} {'spectra':>10} {'cache MB':>8} {'distances':>9} {'estimate':>8} "
         f"{'step s':>7} {'exact step':>10} {'speed-up':>8} {'one eig':>7} {'one SLQ':>7} "
@@ -249,6 +262,16 @@ def _print(reports: list[dict]) -> None:
             )
         else:
             print(f"  N={r['n']}: storage {r['storage']}")
+    for r in reports:
+        bars = [row["bar"] for row in r["rows"]]
+        line = f"  N={r['n']}: spectrum {r['spectrum']}"
+        if bars:
+            line += (
+                f"; error bars of the rows: median {np.median(bars):.3f}, largest {max(bars):.3f}"
+            )
+        if "largest_error_bar" in r:
+            line += f"; largest bar in the result {r['largest_error_bar']:.3f}"
+        print(line)
     changes = [row["float32_change"] for r in reports for row in r["rows"]]
     if changes:
         print(
@@ -277,11 +300,21 @@ def main() -> None:
         help="device of the estimate: cpu, torch-cpu, cuda (see --help "
         "of infoplane estimate); the exact eigvalsh and the accuracy rows stay numpy",
     )
+    for key in ("probes", "rank", "steps"):
+        parser.add_argument(
+            f"--{key}", type=int, default=None, help=f"spectrum {key} (default: the preset's)"
+        )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     mnist = args.mnist if (args.mnist / "t10k-images-idx3-ubyte.gz").is_file() else None
     if args.one:
-        print(json.dumps(one(args.one, mnist, args.exact_max, args.workdir, args.device)))
+        settings = {
+            key: getattr(args, key)
+            for key in ("probes", "rank", "steps")
+            if getattr(args, key) is not None
+        }
+        report = one(args.one, mnist, args.exact_max, args.workdir, args.device, settings)
+        print(json.dumps(report))
         return
     env = {
         **os.environ,
@@ -311,6 +344,11 @@ def main() -> None:
             scratch.name,
             "--device",
             args.device,
+            *(
+                f"--{key}={getattr(args, key)}"
+                for key in ("probes", "rank", "steps")
+                if getattr(args, key) is not None
+            ),
         ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode:
