@@ -163,7 +163,10 @@ def _lanczos_quadrature(
     sign of the first, the Radau rule fixed at the lower end of the spectrum, 0, by the sign of
     the second, so the two bracket the true value for every start vector: their midpoint is the
     estimate and half their distance bounds its quadrature error. Where the recurrence ended in
-    an invariant subspace, or the rule has a node at 0 already, both are the (exact) Gauss rule.
+    an invariant subspace the Gauss rule is exact and stands for both; where the Gauss rule has
+    a node at the rounding level of 0, T_k is singular and the Radau rule undefined, and the
+    Gauss rule stands for both too (that vector's bound is then 0: its mass at 0, where
+    f(0) = 0, is what the Radau node would have added).
     """
     n = starts.shape[0]
     steps = max(1, min(steps, n))
