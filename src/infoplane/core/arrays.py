@@ -33,7 +33,6 @@ __all__ = [
     "rows_per_block",
     "symmetric_product",
     "to_numpy",
-    "zeros_like_on",
 ]
 
 # Elements of one row block of an N×N pass (1 MiB of float64): it stays in cache while every
@@ -83,11 +82,6 @@ def exp_(x: Any, xp: Any) -> Any:
     if is_torch_namespace(xp):
         return x.exp_()
     return xp.exp(x)
-
-
-def zeros_like_on(x: Any, shape: tuple[int, ...], xp: Any, dtype: Any = None) -> Any:
-    """A zero array of ``shape`` on the device of ``x`` (float64 unless ``dtype``)."""
-    return xp.zeros(shape, dtype=xp.float64 if dtype is None else dtype, device=device(x))
 
 
 def to_numpy(x: Any) -> np.ndarray:

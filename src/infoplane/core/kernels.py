@@ -22,7 +22,6 @@ from infoplane.core.arrays import (
     device,
     dtype_kind,
     exp_,
-    is_numpy,
     multiply_into,
     namespace,
     rows_per_block,
@@ -70,7 +69,7 @@ def check_widths(sigma: Any, batch_shape: tuple[int, ...], what: str = "sigma") 
     handful of numbers, so they are checked, and returned, as a float64 numpy array.
     """
     try:
-        s = np.asarray(to_numpy(sigma) if not is_numpy(namespace(sigma)) else sigma, np.float64)
+        s = np.asarray(to_numpy(sigma), np.float64)
     except (TypeError, ValueError):
         raise InputError(
             f"{what} must be a positive number or an array of them, got {sigma!r}"
