@@ -170,3 +170,19 @@ def test_the_command_line_names_a_bad_device(run_dir, tmp_path, capsys, monkeypa
     assert main([*args, "--out", str(tmp_path / "b.zarr")]) != 0
     assert "got 'tpu'" in capsys.readouterr().err
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_auto_on_a_machine_without_a_gpu_does_not_import_torch():
+    """Every worker resolves the device: without GPU device files, ``auto`` costs no import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from infoplane.estimate.devices import resolve_device; "
+        "print(resolve_device('auto'), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if devices._gpu_device_files():
+        assert out.stdout.split()[1] == "True"
+    else:
+        assert out.stdout.split() == ["cpu", "False"]
