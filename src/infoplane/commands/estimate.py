@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_estimate(args: argparse.Namespace) -> int:
     from infoplane.estimate.cluster import cluster_options, read_cluster_config
-    from infoplane.estimate.devices import check_device, default_device
+    from infoplane.estimate.devices import default_device
     from infoplane.estimate.pipeline import estimate
     from infoplane.presets import resolve_preset
 
@@ -102,7 +102,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         store=args.store,
         splits=args.splits,
         keep_widths=args.keep_widths,
-        device=default_device() if args.device is None else check_device(args.device),
+        device=args.device or default_device(),  # estimate() checks it before any work
         **cluster_options(args, fallback),
     )
     n_nan = int(result["I_XT"].isnull().sum())
