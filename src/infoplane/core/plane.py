@@ -114,7 +114,7 @@ def _tensor_gram(
     gram_y: np.ndarray,
     sigma: np.ndarray | None,
     out: dict[str, Any],
-    to_device: ToDevice = _on_host,
+    to_device: ToDevice,
 ) -> Any:
     """Gram of layer ``i`` with the tensor kernel, on the device; fills its widths in ``out``."""
     if sigma is not None:
@@ -136,7 +136,7 @@ def _tensor_gram(
 
 
 def _multivariate_gram(
-    i: int, d2c: np.ndarray, dim: int, rule: Mapping, out: dict, to_device: ToDevice = _on_host
+    i: int, d2c: np.ndarray, dim: int, rule: Mapping, out: dict, to_device: ToDevice
 ) -> Any:
     """Gram of layer ``i``: the Hadamard product of its per-channel Grams (Yu et al.)."""
     # the rules take a stack of matrices: one width per channel in one call
@@ -157,7 +157,7 @@ def _each_layer_gram(
     channel_d2: Callable[[int], np.ndarray] | None,
     out: dict[str, Any],
     failures: Failures,
-    to_device: ToDevice = _on_host,
+    to_device: ToDevice,
 ) -> Iterator[tuple[int, Any]]:
     """``(i, Gram)`` of every estimable layer, one at a time; fills the widths in ``out``."""
     for i, layer in enumerate(layers):
