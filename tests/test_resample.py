@@ -152,6 +152,20 @@ def test_intervals_are_stored_and_the_plain_variables_are_unchanged(run_dir, cli
     assert (with_bounds["H_T_hi"] > with_bounds["H_T_lo"]).any()
 
 
+def test_intervals_are_refused_where_spectra_are_randomized_but_not_at_alpha_two(run_dir, client):
+    from infoplane.estimate.pipeline import estimate
+    from infoplane.presets import DEFAULT_SPECTRUM
+
+    cache = run_dir / "distances.zarr"
+    lanczos = {**DEFAULT_SPECTRUM, "method": "lanczos"}
+    preset = {**resolve_preset(None, "fixed-example"), "uncertainty": UNCERTAIN}
+    with pytest.raises(ConfigError, match="uncertainty intervals need exact spectra"):
+        estimate(cache, {**preset, "spectrum": lanczos}, name="r", client=client)
+    # S_2 needs no spectrum at all: nothing is randomized, so nothing is refused
+    result = estimate(cache, {**preset, "alpha": 2.0, "spectrum": lanczos}, name="s", client=client)
+    assert "spectral_error" not in result and "I_XT_lo" in result
+
+
 def test_intervals_are_reproducible_per_point_and_change_with_the_seed(run_dir, client):
     from infoplane.estimate.pipeline import estimate
 

@@ -291,7 +291,7 @@ def estimate_step(
     each_gram = _each_layer_gram(
         point, preset, layers, dims, host_y, sigma, channel_d2, out, failures, to_device
     )  # fmt: skip
-    if alpha != 2.0 and randomized_at(spectrum, gram_x.shape[0]):
+    if randomized_at(spectrum, gram_x.shape[0], alpha):
         out["randomized"] = True
         _plane_by_layer(gram_x, each_gram, gram_y, alpha, spectrum, seed, layers, out, failures)
         out["failures"] = failures

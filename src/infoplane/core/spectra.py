@@ -310,13 +310,13 @@ def renyi_entropy_estimate(
 ERROR_BAR = 3.0
 
 
-def randomized_at(spectrum: Mapping[str, Any] | None, n: int) -> bool:
+def randomized_at(spectrum: Mapping[str, Any] | None, n: int, alpha: float | None = None) -> bool:
     """Whether a preset's ``spectrum`` settings take randomized spectra for N×N matrices.
 
     None (no settings) and ``method: exact`` never do; ``lanczos`` always does; ``auto`` does
-    above ``threshold`` rows.
+    above ``threshold`` rows. α = 2 never does (S_2 = −log2 ‖A‖²_F needs no spectrum).
     """
-    if spectrum is None:
+    if spectrum is None or alpha == 2.0:
         return False
     method = spectrum["method"]
     return method == "lanczos" or (method == "auto" and n > spectrum["threshold"])
@@ -396,7 +396,7 @@ def _entropy(
     seed: Any,
 ) -> Entropy:
     """S_α of gram (∘ other): randomized where ``spectrum`` says so, exact otherwise."""
-    if alpha != 2.0 and randomized_at(spectrum, gram.shape[-1]):
+    if randomized_at(spectrum, gram.shape[-1], alpha):
         return _randomized(gram, other, alpha, spectrum, seed)
     return _exact(gram, other, alpha)
 

@@ -511,7 +511,9 @@ def _check_intervals_at_size(
         return
     spectrum = spectrum_of(preset)
     large = {
-        s.split: s.n_samples for s in split_steps.values() if randomized_at(spectrum, s.n_samples)
+        s.split: s.n_samples
+        for s in split_steps.values()
+        if randomized_at(spectrum, s.n_samples, preset["alpha"])
     }
     if large:
         sizes = ", ".join(f"{split} N = {n}" for split, n in large.items())
