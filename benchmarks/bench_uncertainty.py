@@ -2,14 +2,14 @@
 
 Store: :func:`infoplane.testing.make_store` with ``--n`` probe samples per split, ``--steps``
 captured steps and four tanh layers (64, 32, 16 units and a 10-way output), inputs of 8×8;
-its distance cache is computed once. Figures printed (medians over ``--repeats``):
+its distance cache is computed once. Figures printed:
 
 1. per point, no Dask, one BLAS thread, in process CPU time (what the work costs even when
    other jobs share the machine): :func:`infoplane.core.plane.estimate_step` (plain) and
    :func:`infoplane.core.resample.step_intervals` for each number of resamples B, with the
-   ratio to the plain estimate and the cost per resample;
-2. the whole estimate from the cache on an in-process cluster of one single-threaded worker,
-   plain and with ``uncertainty: {resamples: B}``, for the same presets.
+   ratio to the plain estimate and the cost per resample (medians over ``--repeats``);
+2. one timed run (after a warm-up) of the whole estimate from the cache on an in-process
+   cluster of one single-threaded worker, plain and with ``uncertainty: {resamples: B}``.
 
 Nothing is asserted. Run::
 

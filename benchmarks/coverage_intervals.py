@@ -40,6 +40,7 @@ from infoplane.core.resample import (
     METHODS,
     plane_intervals,
 )
+from infoplane.core.widths import median_width
 
 MNIST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
 MNIST_LABELS = Path("/work/shared/data/mnist/t10k-labels-idx1-ubyte.gz")
@@ -70,10 +71,9 @@ def mnist_pool(rng: np.random.Generator) -> tuple[np.ndarray, list, np.ndarray]:
 
 
 def scale_width(values: np.ndarray, rng: np.random.Generator) -> float:
-    """A width of the pool's scale: the median pairwise distance of 500 of its points."""
+    """A width of the pool's scale: the median heuristic on 500 of its points."""
     pick = values[rng.choice(len(values), 500, replace=False)]
-    d2 = squared_distances(pick)
-    return float(np.sqrt(np.median(d2[np.triu_indices(500, 1)])))
+    return float(median_width(squared_distances(pick)))
 
 
 def probe_grams(pool, widths, rows):
