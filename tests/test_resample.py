@@ -301,3 +301,14 @@ def test_check_reports_a_value_outside_its_interval():
     (violation,) = check_result(bounded)
     assert violation.invariant == "H_T >= H_T_lo"
     assert violation.where == {"split": "train", "step": 10, "layer": "a"}
+
+
+def test_check_reports_a_finite_value_without_its_interval():
+    from infoplane.report.checks import check_result
+    from infoplane.testing import make_result
+
+    bounded = _with_bounds(make_result(n_steps=2), 0.1)
+    bounded["I_XT_hi"][1, 0, 1] = np.nan  # test, step 0, layer b: too few usable resamples
+    (violation,) = check_result(bounded)
+    assert violation.invariant == "I_XT has interval bounds"
+    assert violation.where == {"split": "test", "step": 0, "layer": "b"}

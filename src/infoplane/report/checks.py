@@ -27,7 +27,8 @@ of its bounds (not to ``I = H + H - joint H``, which holds exactly by constructi
 ``spectrum.tolerance``. NaN points are not violations; they are listed separately.
 
 A result with per-point intervals (``<name>_lo``/``<name>_hi``, :mod:`infoplane.core.resample`)
-must have ``lo <= value <= hi`` for every quantity that has them.
+must have ``lo <= value <= hi`` for every quantity that has them, and bounds wherever the value
+is finite.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def _estimator_checks(ds: Any, estimator: str, log2n: Any, tol: float) -> list:
 
 
 def _interval_checks(ds: Any, tol: float) -> list:
-    """``lo <= value <= hi`` for every quantity with interval bounds in ``ds``."""
+    """For every quantity with interval bounds in ``ds``: ``lo <= value <= hi``, and both bounds
+    present wherever the value is (NaN bounds on a finite value: too few usable resamples)."""
     checks = []
     for name in _REQUIRED:
         if f"{name}_lo" not in ds or f"{name}_hi" not in ds:
@@ -177,6 +179,8 @@ def _interval_checks(ds: Any, tol: float) -> list:
         value, lo, hi = ds[name], ds[f"{name}_lo"], ds[f"{name}_hi"]
         checks.append((lo > value + tol, value, lo, f"{name} >= {name}_lo"))
         checks.append((hi < value - tol, value, hi, f"{name} <= {name}_hi"))
+        missing = value.notnull() & (lo.isnull() | hi.isnull())
+        checks.append((missing, value, lo, f"{name} has interval bounds"))
     return checks
 
 
