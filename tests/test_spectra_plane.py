@@ -190,6 +190,7 @@ def test_a_result_holds_error_bars_only_where_spectra_were_randomized(run_dir, c
     bars = result["spectral_error"]
     assert bars.dims == ("split", "step", "layer") and bool((bars > 0).all())
     assert json.loads(result.attrs["preset"])["spectrum"]["method"] == "lanczos"
+    assert json.loads(result.attrs["spectrum"])["rank"] == 4 and "spectrum" not in plain.attrs
     assert check_result(result) == []
     for key in ("H_Y", "sigma"):  # exact label spectra; widths untouched
         assert np.allclose(result[key], plain[key], atol=1e-10), key
@@ -197,3 +198,4 @@ def test_a_result_holds_error_bars_only_where_spectra_were_randomized(run_dir, c
     other = reopened.assign_attrs(run="other", store_attrs_sha256="0" * 64)
     stacked = stack_runs([reopened, other], runs=["a", "b"])
     assert stacked["spectral_error"].dims == ("run", "split", "step", "layer")
+    assert stacked.attrs["spectrum"] == result.attrs["spectrum"]

@@ -51,7 +51,7 @@ from infoplane.estimate.distances import channel_distances, load_point, step_act
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
 from infoplane.io.files import exclusive
-from infoplane.io.results import build_result, write_result
+from infoplane.io.results import SPECTRUM_ATTR, build_result, write_result
 from infoplane.io.store import PROVENANCE_KEYS, SPLITS, read_store_plan
 from infoplane.presets import (
     estimator_of,
@@ -643,7 +643,12 @@ def _assemble(
     attrs: Mapping[str, Any],
 ) -> Any:
     """The result Dataset (see :mod:`infoplane.io.results`) of every point's task result."""
-    keys = result_keys(preset, randomized=any(r.get("randomized", False) for r in results))
+    randomized = any(r.get("randomized", False) for r in results)
+    keys = result_keys(preset, randomized=randomized)
+    # the settings behind the error bars, even where the preset's mapping leaves them out
+    spectrum = (
+        {SPECTRUM_ATTR: json.dumps(spectrum_of(preset), sort_keys=True)} if randomized else {}
+    )
     points = [
         (split, int(split_steps[split].steps[k]), {key: result[key] for key in keys})
         for (split, k), result in zip(where, results, strict=True)
@@ -659,6 +664,7 @@ def _assemble(
             "store": src.store or attrs.get("store") or "",
             "store_attrs_sha256": attrs.get("store_attrs_sha256") or "",
             **_interval_attrs(preset),
+            **spectrum,
         },
         provenance={key: attrs.get(key) for key in PROVENANCE_KEYS},
     )

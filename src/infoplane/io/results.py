@@ -10,7 +10,8 @@ per (split, step, layer) and ``H_X, H_Y`` per (split, step), with ``I = H + H - 
                                 (per-step argmax before smoothing; NaN for other rules),
                                 clipped_mass, boundary_hit; spectral_error (only when
                                 some point took randomized spectra: the largest error bar,
-                                in bits, of the layer's five entropies; 0 where exact)
+                                in bits, of the layer's five entropies; 0 where exact, and
+                                the attribute ``spectrum``, the JSON of the settings used)
     dims (split, step):         H_X, H_Y, sigma_x
     dims (split,):              n_samples
 
@@ -73,6 +74,9 @@ from infoplane.io.files import exclusive, replacing
 
 #: Attributes of a result with per-point intervals, kept by :func:`stack_runs`.
 INTERVAL_ATTRS = ("interval_level", "interval_resamples", "interval_seed", "interval_method")
+#: The randomized spectra's settings (JSON) of a result that has ``spectral_error``. A preset
+#: whose ``spectrum`` equals the defaults leaves it out of ``preset``; the result still says.
+SPECTRUM_ATTR = "spectrum"
 
 
 def build_result(
@@ -259,7 +263,7 @@ def stack_runs(sources: Sequence[Any], runs: Sequence[str] | None = None) -> Any
         "infoplane_version": first.get("infoplane_version", ""),
         "units": "bits",
     }
-    stacked.attrs.update({k: v for k, v in first.items() if k in INTERVAL_ATTRS})
+    stacked.attrs.update({k: v for k, v in first.items() if k in (*INTERVAL_ATTRS, SPECTRUM_ATTR)})
     if len(experiments) == 1 and None not in experiments:
         stacked.attrs["experiment"] = experiments.pop()
     return stacked
