@@ -51,7 +51,7 @@ from infoplane.estimate.distances import channel_distances, load_point, step_act
 from infoplane.io import cache
 from infoplane.io.cache import AlignmentWidths
 from infoplane.io.files import exclusive
-from infoplane.io.results import SPECTRUM_ATTR, build_result, write_result
+from infoplane.io.results import INTERVAL_ATTRS, SPECTRUM_ATTR, build_result, write_result
 from infoplane.io.store import PROVENANCE_KEYS, SPLITS, read_store_plan
 from infoplane.presets import (
     estimator_of,
@@ -625,12 +625,7 @@ def _interval_attrs(preset: Mapping[str, Any]) -> dict[str, Any]:
     spec = uncertainty_of(preset)
     if spec is None:
         return {}
-    return {
-        "interval_level": spec["level"],
-        "interval_resamples": spec["resamples"],
-        "interval_seed": spec["seed"],
-        "interval_method": spec["method"],
-    }
+    return {name: spec[name.removeprefix("interval_")] for name in INTERVAL_ATTRS}
 
 
 def _assemble(
